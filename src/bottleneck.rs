@@ -1,0 +1,284 @@
+//! Bottlenecks: the backbone's pooled feature vector for each image, computed on all cores
+//! and cached on disk so reruns are instant.
+//!
+//! Cache layout: `<bottleneck-dir>/<backbone identity, 16 hex>/<image sha256[..2]>/<image sha256>.bn`.
+//! The key is the image's *content* and the backbone's identity (model bytes, bottleneck
+//! tensor, preprocessing), so an edited image or another model never reuses a stale vector.
+//! Each entry carries a header and a checksum; anything truncated, zero-filled, copied from
+//! another backbone or otherwise damaged is detected and recomputed. Entries are written to
+//! a temporary file and renamed, so an interrupted run never leaves a half-written entry,
+//! and two runs sharing one cache directory cannot corrupt each other.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::backbone::{hex, Backbone, Plan};
+use crate::dataset::{io_reason, ImageEntry, Skipped};
+use crate::progress::Progress;
+
+const MAGIC: &[u8; 8] = b"FLWRBN01";
+const HEADER_LEN: usize = 8 + 32 + 32 + 4;
+const CHECKSUM_LEN: usize = 32;
+
+/// The on-disk cache of one backbone.
+pub struct Cache {
+    dir: PathBuf,
+    identity: [u8; 32],
+}
+
+impl Cache {
+    /// Opens (creating) the cache for the backbone `identity` under `base`.
+    pub fn open(base: &Path, identity: [u8; 32]) -> Result<Cache> {
+        let dir = base.join(&hex(&identity)[..16]);
+        fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "cannot create bottleneck cache {}: choose another with --bottleneck-dir",
+                dir.display()
+            )
+        })?;
+        Ok(Cache { dir, identity })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry_path(&self, image_sha: &[u8; 32]) -> PathBuf {
+        let name = hex(image_sha);
+        self.dir.join(&name[..2]).join(format!("{name}.bn"))
+    }
+
+    /// The cached vector for an image, if a valid entry exists.
+    pub fn read(&self, image_sha: &[u8; 32]) -> Option<Vec<f32>> {
+        let bytes = fs::read(self.entry_path(image_sha)).ok()?;
+        decode_entry(&bytes, &self.identity, image_sha)
+    }
+
+    /// Stores a vector atomically (temporary file, then rename).
+    pub fn write(&self, image_sha: &[u8; 32], vector: &[f32]) -> std::io::Result<()> {
+        let path = self.entry_path(image_sha);
+        let parent = path.parent().expect("entry paths have a parent");
+        fs::create_dir_all(parent)?;
+        let mut file = tempfile::NamedTempFile::new_in(parent)?;
+        file.write_all(&encode_entry(&self.identity, image_sha, vector))?;
+        file.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+fn encode_entry(identity: &[u8; 32], image_sha: &[u8; 32], vector: &[f32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN + vector.len() * 4 + CHECKSUM_LEN);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(identity);
+    bytes.extend_from_slice(image_sha);
+    bytes.extend_from_slice(&(vector.len() as u32).to_le_bytes());
+    for value in vector {
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
+    let checksum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&checksum);
+    bytes
+}
+
+fn decode_entry(bytes: &[u8], identity: &[u8; 32], image_sha: &[u8; 32]) -> Option<Vec<f32>> {
+    if bytes.len() < HEADER_LEN + CHECKSUM_LEN || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    if &body[8..40] != identity || &body[40..72] != image_sha {
+        return None;
+    }
+    let len = u32::from_le_bytes(body[72..76].try_into().ok()?) as usize;
+    let payload = &body[HEADER_LEN..];
+    if payload.len() != len * 4 || Sha256::digest(body).as_slice() != checksum {
+        return None;
+    }
+    let vector: Vec<f32> = payload
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    vector.iter().all(|v| v.is_finite()).then_some(vector)
+}
+
+/// What an extraction did.
+#[derive(Debug, Default)]
+pub struct ExtractionReport {
+    pub cached: usize,
+    pub computed: usize,
+    pub failed: Vec<Skipped>,
+    pub elapsed: Duration,
+}
+
+/// Bottleneck vectors of a list of images; `None` where the image could not be used.
+pub struct Bottlenecks {
+    pub dim: usize,
+    pub vectors: Vec<Option<Vec<f32>>>,
+}
+
+/// Gets the bottleneck of every image, from the cache where possible, computing the rest on
+/// the current rayon pool. Images that cannot be read or decoded are reported, not fatal.
+pub fn extract_all(
+    images: &[ImageEntry],
+    backbone: &Backbone,
+    cache: &Cache,
+) -> Result<(Bottlenecks, ExtractionReport)> {
+    let start = Instant::now();
+    let mut report = ExtractionReport::default();
+    // Phase 1: hash every image and look it up (cheap: no model is loaded on a warm run).
+    let lookups: Vec<Lookup> = images
+        .par_iter()
+        .map(|image| lookup(image, cache))
+        .collect();
+    let misses = lookups
+        .iter()
+        .filter(|l| matches!(l, Lookup::Miss(_)))
+        .count();
+    let plan = OnceLock::new();
+    let get_plan = || -> Result<&Plan> {
+        if plan.get().is_none() {
+            let _ = plan.set(backbone.extractor()?);
+        }
+        Ok(plan.get().expect("just set"))
+    };
+    let dim = consistent_dim(&lookups);
+    let dim = match (misses, dim) {
+        (0, Some(dim)) => dim,
+        _ => get_plan()?.output_len,
+    };
+    // Phase 2: compute what is missing or of the wrong length.
+    let progress = Progress::new(images.len() as u64, "bottlenecks");
+    let results: Vec<Result<(Vec<f32>, bool), String>> = images
+        .par_iter()
+        .zip(lookups.into_par_iter())
+        .map(|(image, lookup)| {
+            let result = match lookup {
+                Lookup::Hit(vector) if vector.len() == dim => Ok((vector, true)),
+                Lookup::Hit(_) => compute(image, None, get_plan, cache).map(|v| (v, false)),
+                Lookup::Miss(sha) => compute(image, Some(sha), get_plan, cache).map(|v| (v, false)),
+                Lookup::Unreadable(reason) => Err(reason),
+            };
+            if let Err(reason) = &result {
+                progress.warn(&format!("skipping {}: {reason}", image.path.display()));
+            }
+            progress.inc();
+            result
+        })
+        .collect();
+    progress.finish();
+    let mut vectors = Vec::with_capacity(images.len());
+    for (image, result) in images.iter().zip(results) {
+        match result {
+            Ok((vector, cached)) => {
+                if cached {
+                    report.cached += 1;
+                } else {
+                    report.computed += 1;
+                }
+                vectors.push(Some(vector));
+            }
+            Err(reason) => {
+                report.failed.push(Skipped {
+                    path: image.path.clone(),
+                    reason,
+                });
+                vectors.push(None);
+            }
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok((Bottlenecks { dim, vectors }, report))
+}
+
+enum Lookup {
+    Hit(Vec<f32>),
+    Miss([u8; 32]),
+    Unreadable(String),
+}
+
+fn lookup(image: &ImageEntry, cache: &Cache) -> Lookup {
+    match fs::read(&image.path) {
+        Ok(bytes) => {
+            let sha: [u8; 32] = Sha256::digest(&bytes).into();
+            match cache.read(&sha) {
+                Some(vector) => Lookup::Hit(vector),
+                None => Lookup::Miss(sha),
+            }
+        }
+        Err(e) => Lookup::Unreadable(format!("cannot read: {}", io_reason(&e))),
+    }
+}
+
+/// The length shared by all cache hits, if they agree.
+fn consistent_dim(lookups: &[Lookup]) -> Option<usize> {
+    let mut lengths = lookups.iter().filter_map(|l| match l {
+        Lookup::Hit(v) => Some(v.len()),
+        _ => None,
+    });
+    let first = lengths.next()?;
+    lengths.all(|len| len == first).then_some(first)
+}
+
+/// Reads, decodes and runs one image through the backbone, then caches the vector.
+fn compute<'a>(
+    image: &ImageEntry,
+    known_sha: Option<[u8; 32]>,
+    get_plan: impl Fn() -> Result<&'a Plan>,
+    cache: &Cache,
+) -> Result<Vec<f32>, String> {
+    let bytes = fs::read(&image.path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
+    let sha: [u8; 32] = known_sha.unwrap_or_else(|| Sha256::digest(&bytes).into());
+    let plan = get_plan().map_err(|e| format!("{e:#}"))?;
+    let input = plan.preprocessing.tensor_from_bytes(&bytes)?;
+    let vector = plan
+        .run(input)
+        .map_err(|e| format!("backbone failed on this image: {e:#}"))?;
+    if let Err(e) = cache.write(&sha, &vector) {
+        crate::progress::warn(&format!(
+            "cannot write bottleneck cache entry for {}: {}",
+            image.path.display(),
+            io_reason(&e)
+        ));
+    }
+    Ok(vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_damage_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), [7; 32]).unwrap();
+        let image = [1; 32];
+        let vector = vec![0.5, -1.25, 3.0];
+        cache.write(&image, &vector).unwrap();
+        assert_eq!(cache.read(&image), Some(vector.clone()));
+
+        let path = cache.entry_path(&image);
+        let good = fs::read(&path).unwrap();
+        // Truncated.
+        fs::write(&path, &good[..good.len() - 5]).unwrap();
+        assert_eq!(cache.read(&image), None);
+        // Zero-filled.
+        fs::write(&path, vec![0; good.len()]).unwrap();
+        assert_eq!(cache.read(&image), None);
+        // One flipped payload bit.
+        let mut flipped = good.clone();
+        flipped[HEADER_LEN] ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        assert_eq!(cache.read(&image), None);
+        // Written by another backbone.
+        let other = Cache::open(dir.path(), [8; 32]).unwrap();
+        other.write(&image, &vector).unwrap();
+        fs::copy(other.entry_path(&image), &path).unwrap();
+        assert_eq!(cache.read(&image), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! The command line: clap definitions and their translation into library options.
+//! retrain.py's underscore spellings (`--image_dir`) are accepted as hidden aliases, so old
+//! commands run as written.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use flowers::backbone::{ModelSource, Overrides};
+use flowers::label::channels;
+use flowers::preprocess::ResizeRule;
+use flowers::retrain::RetrainOptions;
+use flowers::train::TrainingOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowers",
+    version,
+    about = "Point it at folders of photos, get an image classifier.",
+    long_about = "Point it at folders of photos, get an image classifier.\n\n\
+        `flowers retrain` trains a new final layer on top of a frozen ImageNet backbone \
+        (transfer learning, as TensorFlow's retrain.py) and writes one ONNX graph; \
+        `flowers label` classifies images with it (as label_image.py).",
+    after_help = "Exit codes: 0 success; 1 some inputs of `label` could not be read (the rest were labelled); 2 usage, dataset, model or output error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a classifier on a folder with one sub-folder of images per class.
+    Retrain(Box<RetrainArgs>),
+    /// Classify images with a retrained graph.
+    Label(LabelArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RetrainArgs {
+    /// Folder with one sub-folder per class; each sub-folder's name is its label.
+    #[arg(long, alias = "image_dir", value_name = "DIR")]
+    pub image_dir: PathBuf,
+
+    /// Where to write the retrained graph (ONNX).
+    #[arg(
+        long,
+        alias = "output_graph",
+        value_name = "FILE",
+        default_value = "retrained_graph.onnx"
+    )]
+    pub output_graph: PathBuf,
+
+    /// Where to write the labels, one per line in output order.
+    #[arg(
+        long,
+        alias = "output_labels",
+        value_name = "FILE",
+        default_value = "retrained_labels.txt"
+    )]
+    pub output_labels: PathBuf,
+
+    /// Bottleneck cache folder [default: the per-user cache, e.g. ~/.cache/flowers/bottlenecks].
+    #[arg(long, alias = "bottleneck_dir", value_name = "DIR")]
+    pub bottleneck_dir: Option<PathBuf>,
+
+    /// Number of SGD steps.
+    #[arg(
+        long,
+        alias = "how_many_training_steps",
+        value_name = "N",
+        default_value_t = 4000
+    )]
+    pub how_many_training_steps: usize,
+
+    /// SGD learning rate.
+    #[arg(
+        long,
+        alias = "learning_rate",
+        value_name = "RATE",
+        default_value_t = 0.01
+    )]
+    pub learning_rate: f32,
+
+    /// Images per training step (sampled class-balanced, with replacement).
+    #[arg(long, alias = "train_batch_size", value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub train_batch_size: u32,
+
+    /// Validation images per evaluation; -1 for the whole validation set.
+    #[arg(
+        long,
+        alias = "validation_batch_size",
+        value_name = "N",
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
+    pub validation_batch_size: i64,
+
+    /// Test images for the final accuracy; -1 for the whole test set.
+    #[arg(long, alias = "test_batch_size", value_name = "N", default_value_t = -1,
+          allow_negative_numbers = true)]
+    pub test_batch_size: i64,
+
+    /// Evaluate every N steps (and at the last step).
+    #[arg(long, alias = "eval_step_interval", value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub eval_step_interval: u32,
+
+    /// Percentage of images used as the test set.
+    #[arg(
+        long,
+        alias = "testing_percentage",
+        value_name = "PCT",
+        default_value_t = 10.0
+    )]
+    pub testing_percentage: f64,
+
+    /// Percentage of images used as the validation set.
+    #[arg(
+        long,
+        alias = "validation_percentage",
+        value_name = "PCT",
+        default_value_t = 10.0
+    )]
+    pub validation_percentage: f64,
+
+    /// Print each misclassified test image with the label it was given.
+    #[arg(long, alias = "print_misclassified_test_images")]
+    pub print_misclassified_test_images: bool,
+
+    /// Name of the retrained graph's output tensor.
+    #[arg(
+        long,
+        alias = "final_tensor_name",
+        value_name = "NAME",
+        default_value = "final_result"
+    )]
+    pub final_tensor_name: String,
+
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+
+    /// Seed for the weight initialisation and batch sampling (same seed, same graph).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Worker threads for bottleneck extraction [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+
+    /// Print a JSON summary on stdout (the human report goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BackboneArgs {
+    /// An ONNX image classifier to use as backbone instead of the embedded MobileNet v1.
+    #[arg(long, value_name = "FILE.onnx")]
+    pub model: Option<PathBuf>,
+
+    /// The backbone's pooled feature tensor (or node) [default: found automatically].
+    #[arg(long, alias = "bottleneck_tensor", value_name = "NAME")]
+    pub bottleneck_tensor: Option<String>,
+
+    /// Pixel mean subtracted before dividing by --input-std: one value or R,G,B
+    /// [default: the known backbone's, else 127.5].
+    #[arg(long, alias = "input_mean", value_name = "V|R,G,B")]
+    pub input_mean: Option<String>,
+
+    /// Pixel divisor: one value or R,G,B [default: the known backbone's, else 127.5].
+    #[arg(long, alias = "input_std", value_name = "V|R,G,B")]
+    pub input_std: Option<String>,
+
+    /// How images are fitted to the input size: `squash` (whole image, as retrain.py) or
+    /// `center-crop:F` (centred square of fraction F of the shorter side).
+    #[arg(long, value_name = "RULE", default_value = "squash")]
+    pub resize: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArgs {
+    /// Image files or folders (walked recursively) to label.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// An image to label (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub image: Vec<PathBuf>,
+
+    /// The retrained graph.
+    #[arg(long, value_name = "FILE", default_value = "retrained_graph.onnx")]
+    pub graph: PathBuf,
+
+    /// Labels file; must agree with the graph's own labels [default: the graph's labels,
+    /// else retrained_labels.txt].
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+
+    /// How many labels to print per image.
+    #[arg(long, alias = "top_k", value_name = "K", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
+
+    /// One JSON object per image per line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+impl RetrainArgs {
+    pub fn into_options(self) -> Result<RetrainOptions, String> {
+        let percentages = self.testing_percentage + self.validation_percentage;
+        if self.testing_percentage < 0.0 || self.validation_percentage < 0.0 || percentages >= 100.0
+        {
+            return Err(format!(
+                "--testing-percentage and --validation-percentage must be >= 0 and add up to less than 100 (got {} + {})",
+                self.testing_percentage, self.validation_percentage
+            ));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(format!(
+                "--learning-rate must be positive, got {}",
+                self.learning_rate
+            ));
+        }
+        if self.final_tensor_name.is_empty() {
+            return Err("--final-tensor-name must not be empty".into());
+        }
+        let bottleneck_dir = match self.bottleneck_dir {
+            Some(dir) => dir,
+            None => default_bottleneck_dir(),
+        };
+        Ok(RetrainOptions {
+            image_dir: self.image_dir,
+            output_graph: self.output_graph,
+            output_labels: self.output_labels,
+            bottleneck_dir,
+            training: TrainingOptions {
+                steps: self.how_many_training_steps,
+                learning_rate: self.learning_rate,
+                train_batch_size: self.train_batch_size as usize,
+                validation_batch_size: batch_size(
+                    self.validation_batch_size,
+                    "--validation-batch-size",
+                )?,
+                eval_step_interval: self.eval_step_interval as usize,
+                seed: self.seed,
+            },
+            test_batch_size: batch_size(self.test_batch_size, "--test-batch-size")?,
+            testing_percentage: self.testing_percentage,
+            validation_percentage: self.validation_percentage,
+            print_misclassified_test_images: self.print_misclassified_test_images,
+            final_tensor_name: self.final_tensor_name,
+            model: self.backbone.source(),
+            overrides: self.backbone.overrides()?,
+            threads: self.threads.map(|t| t as usize),
+            json: self.json,
+        })
+    }
+}
+
+impl BackboneArgs {
+    fn source(&self) -> ModelSource {
+        match &self.model {
+            Some(path) => ModelSource::File(path.clone()),
+            None => ModelSource::Embedded,
+        }
+    }
+
+    fn overrides(&self) -> Result<Overrides, String> {
+        let parse = |value: &Option<String>, flag: &str| {
+            value
+                .as_deref()
+                .map(|v| channels(v, flag).map_err(|e| e.to_string()))
+                .transpose()
+        };
+        let std = parse(&self.input_std, "--input-std")?;
+        if std.is_some_and(|s| s.iter().any(|v| *v == 0.0 || !v.is_finite())) {
+            return Err("--input-std must not be zero".into());
+        }
+        Ok(Overrides {
+            bottleneck_tensor: self.bottleneck_tensor.clone(),
+            mean: parse(&self.input_mean, "--input-mean")?,
+            std,
+            resize: Some(ResizeRule::parse(&self.resize)?),
+        })
+    }
+}
+
+/// `-1` means the whole set.
+fn batch_size(value: i64, flag: &str) -> Result<Option<usize>, String> {
+    match value {
+        -1 => Ok(None),
+        v if v >= 1 => Ok(Some(v as usize)),
+        v => Err(format!(
+            "{flag} must be -1 (whole set) or positive, got {v}"
+        )),
+    }
+}
+
+fn default_bottleneck_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flowers")
+        .join("bottlenecks")
+}

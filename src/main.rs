@@ -1,0 +1,93 @@
+//! The `flowers` binary: parse the command line, run, map the outcome to an exit code.
+
+mod cli;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, LabelArgs, RetrainArgs};
+use flowers::exit;
+use flowers::label::{collect_inputs, RetrainedGraph};
+use flowers::report;
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error ({info}); please report this as a bug");
+    }));
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Retrain(args) => retrain(*args),
+        Command::Label(args) => label(args),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(error) if is_broken_pipe(&error) => ExitCode::from(exit::SUCCESS),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit::FATAL)
+        }
+    }
+}
+
+fn retrain(args: RetrainArgs) -> anyhow::Result<u8> {
+    let json = args.json;
+    let print_misclassified = args.print_misclassified_test_images;
+    let options = args.into_options().map_err(anyhow::Error::msg)?;
+    let summary = flowers::retrain::run(&options)?;
+    if json {
+        report::write_retrain_summary(&mut io::stderr(), &summary, print_misclassified)?;
+        report::write_retrain_json(&mut io::stdout().lock(), &summary)?;
+    } else {
+        report::write_retrain_summary(&mut io::stdout().lock(), &summary, print_misclassified)?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn label(args: LabelArgs) -> anyhow::Result<u8> {
+    let mut inputs = args.image.clone();
+    inputs.extend(args.paths.iter().cloned());
+    if inputs.is_empty() {
+        anyhow::bail!("no images given: pass image files or folders, or --image FILE");
+    }
+    let graph = RetrainedGraph::load(&args.graph, args.labels.as_deref())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0) as usize)
+        .build()?;
+    let (files, missing) = collect_inputs(&inputs);
+    let several = files.len() + missing.len() > 1 || args.paths.iter().any(|p| p.is_dir());
+    let mut out = io::stdout().lock();
+    let mut failures = 0;
+    for (path, reason) in &missing {
+        report::write_label_failure(&mut out, path, reason, args.json)?;
+        failures += 1;
+    }
+    // Chunks keep output streaming in input order while all cores work.
+    for chunk in files.chunks(64) {
+        let results = pool.install(|| graph.label_files(chunk, args.top_k as usize));
+        for (path, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(predictions) => {
+                    report::write_predictions(&mut out, path, &predictions, several, args.json)?
+                }
+                Err(reason) => {
+                    report::write_label_failure(&mut out, path, &reason, args.json)?;
+                    failures += 1;
+                }
+            }
+        }
+        out.flush()?;
+    }
+    Ok(if failures > 0 {
+        exit::SOME_INPUTS_FAILED
+    } else {
+        exit::SUCCESS
+    })
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}

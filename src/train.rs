@@ -1,0 +1,354 @@
+//! The new final layer (a softmax classifier on bottlenecks), trained by a hand-written
+//! mini-batch SGD loop over ndarray, with retrain.py's class-balanced sampling.
+
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::dataset::MAX_NUM_IMAGES_PER_CLASS;
+
+/// Bottlenecks of one split, one row per image, with their class indices.
+#[derive(Clone, Debug)]
+pub struct Examples {
+    pub features: Array2<f32>,
+    pub labels: Vec<usize>,
+    /// Where each row came from (an index into the caller's image list).
+    pub origin: Vec<usize>,
+    /// Row indices of each class, for class-balanced sampling.
+    by_class: Vec<Vec<usize>>,
+}
+
+impl Examples {
+    pub fn new(features: Array2<f32>, labels: Vec<usize>, class_count: usize) -> Examples {
+        assert_eq!(features.nrows(), labels.len(), "one label per row");
+        let mut by_class = vec![Vec::new(); class_count];
+        for (row, &label) in labels.iter().enumerate() {
+            by_class[label].push(row);
+        }
+        Examples {
+            origin: (0..labels.len()).collect(),
+            features,
+            labels,
+            by_class,
+        }
+    }
+
+    /// Records where each row came from.
+    pub fn with_origin(mut self, origin: Vec<usize>) -> Examples {
+        assert_eq!(origin.len(), self.labels.len(), "one origin per row");
+        self.origin = origin;
+        self
+    }
+
+    /// A class-balanced sample with replacement, as retrain.py draws its batches.
+    pub fn sample(&self, count: usize, rng: &mut impl Rng) -> Examples {
+        let rows = self.sample_rows(count, rng);
+        let (features, labels) = self.gather(&rows);
+        let origin = rows.iter().map(|&r| self.origin[r]).collect();
+        Examples::new(features, labels, self.by_class.len()).with_origin(origin)
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Classes with no example in this split.
+    pub fn empty_classes(&self) -> Vec<usize> {
+        (0..self.by_class.len())
+            .filter(|&c| self.by_class[c].is_empty())
+            .collect()
+    }
+
+    /// retrain.py's sampling: pick a class uniformly, then an image of it uniformly, with
+    /// replacement. Classes without examples are never picked.
+    fn sample_rows(&self, count: usize, rng: &mut impl Rng) -> Vec<usize> {
+        let classes: Vec<&Vec<usize>> = self.by_class.iter().filter(|r| !r.is_empty()).collect();
+        (0..count)
+            .map(|_| {
+                let rows = classes[rng.random_range(0..classes.len())];
+                let pick = rng.random_range(0..=MAX_NUM_IMAGES_PER_CLASS) as usize;
+                rows[pick % rows.len()]
+            })
+            .collect()
+    }
+
+    fn gather(&self, rows: &[usize]) -> (Array2<f32>, Vec<usize>) {
+        let features = self.features.select(Axis(0), rows);
+        let labels = rows.iter().map(|&r| self.labels[r]).collect();
+        (features, labels)
+    }
+}
+
+/// The trained layer: `softmax(bottleneck · weights + biases)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalLayer {
+    /// Shape (bottleneck size, class count).
+    pub weights: Array2<f32>,
+    pub biases: Array1<f32>,
+}
+
+impl FinalLayer {
+    /// retrain.py's initialisation: weights from a normal of std 0.001 truncated at two
+    /// standard deviations, biases zero.
+    pub fn new(bottleneck_size: usize, class_count: usize, rng: &mut impl Rng) -> FinalLayer {
+        let weights = Array2::from_shape_simple_fn((bottleneck_size, class_count), || {
+            0.001 * truncated_normal(rng)
+        });
+        FinalLayer {
+            weights,
+            biases: Array1::zeros(class_count),
+        }
+    }
+
+    /// Class probabilities, one row per input row.
+    pub fn probabilities(&self, features: ArrayView2<f32>) -> Array2<f32> {
+        let mut logits = features.dot(&self.weights) + &self.biases;
+        for mut row in logits.rows_mut() {
+            let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            row.mapv_inplace(|v| (v - max).exp());
+            let sum = row.sum();
+            row /= sum;
+        }
+        logits
+    }
+
+    /// One SGD step on a batch: the gradient of the mean cross entropy is
+    /// `(probabilities - one_hot) / batch` at the logits.
+    fn sgd_step(&mut self, features: &Array2<f32>, labels: &[usize], rate: f32) {
+        let mut gradient = self.probabilities(features.view());
+        for (row, &label) in labels.iter().enumerate() {
+            gradient[[row, label]] -= 1.0;
+        }
+        gradient /= labels.len() as f32;
+        let weight_gradient = features.t().dot(&gradient);
+        self.weights.scaled_add(-rate, &weight_gradient);
+        self.biases.scaled_add(-rate, &gradient.sum_axis(Axis(0)));
+    }
+}
+
+fn truncated_normal(rng: &mut impl Rng) -> f32 {
+    loop {
+        // Box-Muller.
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        if z.abs() <= 2.0 {
+            return z as f32;
+        }
+    }
+}
+
+/// Fraction of rows whose most probable class is the label.
+pub fn accuracy(probabilities: &Array2<f32>, labels: &[usize]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let correct = predictions(probabilities)
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    correct as f64 / labels.len() as f64
+}
+
+/// Mean cross entropy of the labels under the probabilities.
+pub fn cross_entropy(probabilities: &Array2<f32>, labels: &[usize]) -> f64 {
+    let total: f64 = labels
+        .iter()
+        .enumerate()
+        .map(|(row, &label)| -f64::from(probabilities[[row, label]].max(1e-30)).ln())
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+/// The most probable class of each row (first one on ties).
+pub fn predictions(probabilities: &Array2<f32>) -> Vec<usize> {
+    probabilities
+        .rows()
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+                    if p > best.1 {
+                        (i, p)
+                    } else {
+                        best
+                    }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// retrain.py's training options.
+#[derive(Clone, Debug)]
+pub struct TrainingOptions {
+    pub steps: usize,
+    pub learning_rate: f32,
+    pub train_batch_size: usize,
+    /// `None`: the whole validation set at each evaluation.
+    pub validation_batch_size: Option<usize>,
+    pub eval_step_interval: usize,
+    pub seed: u64,
+}
+
+/// What an evaluation step measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub step: usize,
+    pub train_accuracy: f64,
+    pub cross_entropy: f64,
+    /// Accuracy and number of validation images; `None` when there are none.
+    pub validation: Option<(f64, usize)>,
+}
+
+/// Trains a new final layer, calling `on_evaluation` every `eval_step_interval` steps and
+/// at the last step.
+pub fn train(
+    training: &Examples,
+    validation: &Examples,
+    class_count: usize,
+    options: &TrainingOptions,
+    mut on_evaluation: impl FnMut(&Evaluation, &FinalLayer),
+) -> FinalLayer {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut layer = FinalLayer::new(training.features.ncols(), class_count, &mut rng);
+    for step in 0..options.steps {
+        let rows = training.sample_rows(options.train_batch_size, &mut rng);
+        let (features, labels) = training.gather(&rows);
+        layer.sgd_step(&features, &labels, options.learning_rate);
+        let last = step + 1 == options.steps;
+        if last || step % options.eval_step_interval.max(1) == 0 {
+            let probabilities = layer.probabilities(features.view());
+            let evaluation = Evaluation {
+                step,
+                train_accuracy: accuracy(&probabilities, &labels),
+                cross_entropy: cross_entropy(&probabilities, &labels),
+                validation: validate(&layer, validation, options, &mut rng),
+            };
+            on_evaluation(&evaluation, &layer);
+        }
+    }
+    layer
+}
+
+fn validate(
+    layer: &FinalLayer,
+    validation: &Examples,
+    options: &TrainingOptions,
+    rng: &mut impl Rng,
+) -> Option<(f64, usize)> {
+    if validation.is_empty() {
+        return None;
+    }
+    let (probabilities, labels) = match options.validation_batch_size {
+        None => (
+            layer.probabilities(validation.features.view()),
+            validation.labels.clone(),
+        ),
+        Some(size) => {
+            let rows = validation.sample_rows(size, rng);
+            let (features, labels) = validation.gather(&rows);
+            (layer.probabilities(features.view()), labels)
+        }
+    };
+    Some((accuracy(&probabilities, &labels), labels.len()))
+}
+
+/// Probabilities for a whole split, in row order.
+pub fn evaluate(layer: &FinalLayer, examples: &Examples) -> Array2<f32> {
+    if examples.is_empty() {
+        return Array2::zeros((0, layer.biases.len()));
+    }
+    layer.probabilities(examples.features.slice(s![.., ..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three well separated Gaussian blobs in 8 dimensions.
+    fn blobs(per_class: usize, seed: u64) -> Examples {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let classes = 3;
+        let mut features = Array2::zeros((per_class * classes, 8));
+        let mut labels = Vec::new();
+        for class in 0..classes {
+            for i in 0..per_class {
+                let row = class * per_class + i;
+                for d in 0..8 {
+                    let centre = if d % classes == class { 3.0 } else { 0.0 };
+                    features[[row, d]] = centre + 0.3 * truncated_normal(&mut rng);
+                }
+                labels.push(class);
+            }
+        }
+        Examples::new(features, labels, classes)
+    }
+
+    fn options(steps: usize) -> TrainingOptions {
+        TrainingOptions {
+            steps,
+            learning_rate: 0.1,
+            train_batch_size: 32,
+            validation_batch_size: None,
+            eval_step_interval: 10,
+            seed: 42,
+        }
+    }
+
+    #[test]
+    fn sgd_separates_a_separable_toy_set() {
+        let training = blobs(50, 1);
+        let validation = blobs(20, 2);
+        let mut last = None;
+        let layer = train(&training, &validation, 3, &options(300), |e, _| {
+            last = Some(e.clone())
+        });
+        let probabilities = evaluate(&layer, &validation);
+        assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
+        let last = last.unwrap();
+        assert_eq!(last.step, 299);
+        assert_eq!(last.validation, Some((1.0, 60)));
+        assert!(last.cross_entropy < 0.2, "{}", last.cross_entropy);
+    }
+
+    #[test]
+    fn training_is_reproducible_with_a_seed() {
+        let training = blobs(20, 3);
+        let empty = Examples::new(Array2::zeros((0, 8)), vec![], 3);
+        let a = train(&training, &empty, 3, &options(50), |_, _| {});
+        let b = train(&training, &empty, 3, &options(50), |_, _| {});
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn initial_weights_are_small_and_truncated() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let layer = FinalLayer::new(100, 10, &mut rng);
+        assert!(layer.weights.iter().all(|w| w.abs() <= 0.002));
+        assert!(layer.biases.iter().all(|&b| b == 0.0));
+        let std = (layer.weights.mapv(|w| w * w).mean().unwrap()).sqrt();
+        assert!((0.0007..0.0011).contains(&std), "{std}");
+    }
+
+    #[test]
+    fn probabilities_are_a_softmax() {
+        let layer = FinalLayer {
+            weights: Array2::from_shape_vec((2, 2), vec![1.0, 0.0, 0.0, 1.0]).unwrap(),
+            biases: Array1::from(vec![0.0, 0.0]),
+        };
+        let p = layer.probabilities(
+            Array2::from_shape_vec((1, 2), vec![1000.0, 0.0])
+                .unwrap()
+                .view(),
+        );
+        assert_eq!(p[[0, 0]], 1.0);
+        assert_eq!(p[[0, 1]], 0.0);
+    }
+}
