@@ -14,6 +14,9 @@ use crate::dataset::io_reason;
 use crate::export::keys;
 use crate::preprocess::{Layout, Preprocessing, ResizeRule};
 
+/// The labels file read when neither `--labels` nor the graph gives labels.
+pub const DEFAULT_LABELS: &str = "retrained_labels.txt";
+
 /// A retrained graph ready to label images.
 pub struct RetrainedGraph {
     pub labels: Vec<String>,
@@ -168,7 +171,14 @@ fn resolve_labels(
         ),
         (Some(embedded), _) => Ok(embedded),
         (None, Some((file, _))) => Ok(file),
-        (None, None) => bail!("{display} carries no labels: pass --labels FILE"),
+        (None, None) => {
+            let default = Path::new(DEFAULT_LABELS);
+            if default.is_file() {
+                read_labels(default)
+            } else {
+                bail!("{display} carries no labels: pass --labels FILE")
+            }
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use flowers::report;
 
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("error: internal error ({info}); please report this as a bug");
+        if !flowers::preprocess::panics_are_caught() {
+            eprintln!("error: internal error ({info}); please report this as a bug");
+        }
     }));
     let cli = Cli::parse();
     let outcome = match cli.command {

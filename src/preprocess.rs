@@ -116,10 +116,15 @@ impl Preprocessing {
     }
 
     /// Decodes image bytes and returns the input tensor of shape [1, ...].
+    ///
+    /// A panic inside a decoder (a bug on some hostile file) is caught and reported as a
+    /// decode error for this one file, so one bad image never ends a run.
     pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, String> {
-        let rgb = decode_rgb(bytes)?;
-        let resized = self.resize_rgb(rgb)?;
-        Ok(self.normalise(&resized))
+        catching_panics(|| {
+            let rgb = decode_rgb(bytes)?;
+            let resized = self.resize_rgb(rgb)?;
+            Ok(self.normalise(&resized))
+        })
     }
 
     /// Resizes to height x width with bilinear filtering (the same filter as Pillow's
@@ -174,6 +179,10 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
     let format = sniff_format(bytes).ok_or(
         "not a supported image (flowers reads JPEG, PNG, GIF, BMP and WebP, recognised by content)",
     )?;
+    check_dimensions(bytes, format)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err("truncated JPEG (no end-of-image marker after the last scan)".into());
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -181,12 +190,6 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(describe_image_error)?;
-    let (w, h) = decoder.dimensions();
-    if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!(
-            "image is {w}x{h} pixels, over the limit of {MAX_SIDE} per side"
-        ));
-    }
     let orientation = decoder.orientation().map_err(describe_image_error)?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(describe_image_error)?;
     image.apply_orientation(orientation);
@@ -194,6 +197,48 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
         return Err("image has no pixels".into());
     }
     Ok(image.into_rgb8())
+}
+
+thread_local! {
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread runs code whose panics are caught and reported as errors; a
+/// panic hook can stay quiet then.
+pub fn panics_are_caught() -> bool {
+    CATCHING.with(|c| c.get())
+}
+
+fn catching_panics<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    result.unwrap_or_else(|_| Err("the image decoder crashed on this file".into()))
+}
+
+/// Reads only the header and refuses sizes over the limit before any pixel is allocated.
+fn check_dimensions(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.no_limits();
+    let (w, h) = reader.into_dimensions().map_err(describe_image_error)?;
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(format!(
+            "image header claims {w}x{h} pixels, over the limit of {MAX_SIDE} per side"
+        ));
+    }
+    Ok(())
+}
+
+/// A JPEG is complete when an end-of-image marker (FF D9) follows its last start-of-scan
+/// (FF DA). Inside entropy-coded data an FF byte is always followed by 00 or a restart
+/// marker, so neither marker can appear by accident. Decoders fill a truncated JPEG with
+/// grey and call it a success; training on half a photo is worse than skipping it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(start) => bytes[start..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// The image format these bytes start with, if it is one flowers reads.

@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests: the committed sample dataset and a binary runner.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// 70 real flower photos, 14 per class (CC-BY, see its LICENSE.txt).
+pub fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/flower_sample")
+}
+
+/// The first photo of a class in the sample.
+pub fn sample_image(class: &str) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(sample_dir().join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.remove(0)
+}
+
+/// Copies `count` photos of each of `classes` into `dir/<class>/`.
+pub fn copy_sample(dir: &Path, classes: &[&str], count: usize) {
+    for class in classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(sample_dir().join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for file in files.iter().take(count) {
+            std::fs::copy(file, dir.join(class).join(file.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Runs the `flowers` binary.
+pub fn flowers(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowers"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("flowers runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
