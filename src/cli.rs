@@ -21,7 +21,8 @@ use flowers::train::TrainingOptions;
         `flowers retrain` trains a new final layer on top of a frozen ImageNet backbone \
         (transfer learning, as TensorFlow's retrain.py) and writes one ONNX graph; \
         `flowers label` classifies images with it (as label_image.py).",
-    after_help = "Exit codes: 0 success; 1 some inputs of `label` could not be read (the rest were labelled); 2 usage, dataset, model or output error."
+    after_help = "Exit codes: 0 success; 1 some inputs of `label` could not be read (the rest were labelled); \
+        2 usage, dataset, model or output error; 3 accuracy below --assert-accuracy-at-least."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,8 @@ pub enum Command {
     Retrain(Box<RetrainArgs>),
     /// Classify images with a retrained graph.
     Label(LabelArgs),
+    /// Measure a retrained graph on a folder with one sub-folder of images per class.
+    Evaluate(EvaluateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +155,51 @@ pub struct RetrainArgs {
     /// Print a JSON summary on stdout (the human report goes to stderr).
     #[arg(long)]
     pub json: bool,
+
+    /// Write TensorBoard event files (scalars and final-layer histograms) to DIR/train and
+    /// DIR/validation, and the report pictures to DIR.
+    #[arg(long, alias = "summaries_dir", value_name = "DIR")]
+    pub summaries_dir: Option<PathBuf>,
+
+    /// Write the training-curves and confusion-matrix PNGs here [default: --summaries-dir].
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+
+    /// Exit with code 3 (after writing everything) when the final test accuracy is below
+    /// this fraction, e.g. 0.9.
+    #[arg(long, value_name = "FRACTION", value_parser = fraction)]
+    pub assert_accuracy_at_least: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// The retrained graph.
+    #[arg(long, value_name = "FILE", default_value = "retrained_graph.onnx")]
+    pub graph: PathBuf,
+
+    /// Folder with one sub-folder per class, named as the graph's labels.
+    #[arg(long, alias = "image_dir", value_name = "DIR")]
+    pub image_dir: PathBuf,
+
+    /// Labels file; must agree with the graph's own labels.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the confusion matrix as a PNG into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+
+    /// Exit with code 3 when the accuracy is below this fraction, e.g. 0.9.
+    #[arg(long, value_name = "FRACTION", value_parser = fraction)]
+    pub assert_accuracy_at_least: Option<f64>,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -259,7 +307,8 @@ impl RetrainArgs {
             model: self.backbone.source(),
             overrides: self.backbone.overrides()?,
             threads: self.threads.map(|t| t as usize),
-            json: self.json,
+            summaries_dir: self.summaries_dir,
+            report_dir: self.report_dir,
         })
     }
 }
@@ -308,4 +357,14 @@ fn default_bottleneck_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
         .join("flowers")
         .join("bottlenecks")
+}
+
+/// A fraction in [0, 1].
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a fraction from 0 to 1 (e.g. 0.9), got {text:?}"
+        )),
+    }
 }

@@ -66,7 +66,13 @@ impl Dataset {
     /// Walks `root`, one class per sub-folder. Errors when the directory is missing, holds
     /// fewer than two classes, a class has no image, or two labels would clash.
     pub fn discover(root: &Path) -> Result<Dataset> {
-        let class_dirs = class_folders(root)?;
+        Dataset::discover_classes(root, 2)
+    }
+
+    /// As [`Dataset::discover`], with at least `min_classes` classes (evaluation may look
+    /// at a single class).
+    pub fn discover_classes(root: &Path, min_classes: usize) -> Result<Dataset> {
+        let class_dirs = class_folders(root, min_classes)?;
         let mut labels = Vec::new();
         let mut images = Vec::new();
         let mut skipped = Vec::new();
@@ -115,7 +121,7 @@ impl Dataset {
 }
 
 /// The class folders of `root`, sorted by name, with their labels.
-fn class_folders(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+fn class_folders(root: &Path, min_classes: usize) -> Result<Vec<(String, PathBuf)>> {
     let metadata = match fs::metadata(root) {
         Ok(m) => m,
         Err(e) => bail!("--image-dir {}: {}", root.display(), io_reason(&e)),
@@ -143,14 +149,15 @@ fn class_folders(root: &Path) -> Result<Vec<(String, PathBuf)>> {
         classes.push((label, path));
     }
     classes.sort();
-    check_labels(root, &classes)?;
+    check_labels(root, &classes, min_classes)?;
     Ok(classes)
 }
 
-fn check_labels(root: &Path, classes: &[(String, PathBuf)]) -> Result<()> {
-    if classes.len() < 2 {
+fn check_labels(root: &Path, classes: &[(String, PathBuf)], min_classes: usize) -> Result<()> {
+    if classes.len() < min_classes {
+        let needed = if min_classes == 2 { "two" } else { "one" };
         bail!(
-            "--image-dir {} has {} class folder(s); flowers needs at least two, one sub-folder per class",
+            "--image-dir {} has {} class folder(s); flowers needs at least {needed}, one sub-folder per class",
             root.display(),
             classes.len()
         );

@@ -13,6 +13,7 @@ use crate::backbone::{decode_model, Plan};
 use crate::dataset::io_reason;
 use crate::export::keys;
 use crate::preprocess::{Layout, Preprocessing, ResizeRule};
+use crate::progress::{shown, Progress};
 
 /// The labels file read when neither `--labels` nor the graph gives labels.
 pub const DEFAULT_LABELS: &str = "retrained_labels.txt";
@@ -29,6 +30,9 @@ pub struct RetrainedGraph {
 pub struct Prediction {
     pub label: String,
     pub score: f32,
+    /// Index of the label in output order.
+    #[serde(skip)]
+    pub class: usize,
 }
 
 impl RetrainedGraph {
@@ -88,6 +92,7 @@ impl RetrainedGraph {
             .map(|i| Prediction {
                 label: self.labels[i].clone(),
                 score: probabilities[i],
+                class: i,
             })
             .collect()
     }
@@ -97,6 +102,31 @@ impl RetrainedGraph {
         let bytes = fs::read(path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
         let probabilities = self.probabilities(&bytes)?;
         Ok(self.top_k(&probabilities, k))
+    }
+
+    /// The most probable class of each file, on the current rayon pool, in input order.
+    pub fn classify_files(
+        &self,
+        paths: &[PathBuf],
+        progress: &Progress,
+    ) -> Vec<Result<usize, String>> {
+        paths
+            .par_iter()
+            .map(|path| {
+                let result = self.classify_file(path);
+                if let Err(reason) = &result {
+                    progress.warn(&format!("skipping {}: {reason}", shown(path)));
+                }
+                progress.inc();
+                result
+            })
+            .collect()
+    }
+
+    fn classify_file(&self, path: &Path) -> Result<usize, String> {
+        let bytes = fs::read(path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
+        let probabilities = self.probabilities(&bytes)?;
+        Ok(self.top_k(&probabilities, 1)[0].class)
     }
 
     /// Classifies many files on the current rayon pool, results in input order.

@@ -9,12 +9,15 @@
 pub mod backbone;
 pub mod bottleneck;
 pub mod dataset;
+pub mod evaluate;
 pub mod export;
 pub mod label;
+pub mod plots;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
 pub mod retrain;
+pub mod summary;
 pub mod train;
 
 /// Exit codes, documented in the README.
@@ -25,4 +28,6 @@ pub mod exit {
     pub const SOME_INPUTS_FAILED: u8 = 1;
     /// Usage error, unusable dataset, model or output path: nothing useful was produced.
     pub const FATAL: u8 = 2;
+    /// `--assert-accuracy-at-least` was not met (everything else was written).
+    pub const ACCURACY_BELOW_GATE: u8 = 3;
 }

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, LabelArgs, RetrainArgs};
+use cli::{Cli, Command, EvaluateArgs, LabelArgs, RetrainArgs};
+use flowers::evaluate::evaluate_directory;
 use flowers::exit;
 use flowers::label::{collect_inputs, RetrainedGraph};
+use flowers::plots::write_confusion_matrix;
+use flowers::progress::shown;
 use flowers::report;
 
 fn main() -> ExitCode {
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Retrain(args) => retrain(*args),
         Command::Label(args) => label(args),
+        Command::Evaluate(args) => evaluate(args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
 fn retrain(args: RetrainArgs) -> anyhow::Result<u8> {
     let json = args.json;
     let print_misclassified = args.print_misclassified_test_images;
+    let gate = args.assert_accuracy_at_least;
     let options = args.into_options().map_err(anyhow::Error::msg)?;
     let summary = flowers::retrain::run(&options)?;
     if json {
@@ -44,7 +49,64 @@ fn retrain(args: RetrainArgs) -> anyhow::Result<u8> {
     } else {
         report::write_retrain_summary(&mut io::stdout().lock(), &summary, print_misclassified)?;
     }
-    Ok(exit::SUCCESS)
+    Ok(check_gate(gate, summary.test_accuracy, "test"))
+}
+
+fn evaluate(args: EvaluateArgs) -> anyhow::Result<u8> {
+    let graph = RetrainedGraph::load(&args.graph, args.labels.as_deref())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0) as usize)
+        .build()?;
+    let evaluation = pool.install(|| evaluate_directory(&graph, &args.image_dir))?;
+    let report = &evaluation.report;
+    if let Some(dir) = &args.report_dir {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("confusion_matrix.png");
+        let title = format!(
+            "Confusion matrix: accuracy {:.1}% (N={})",
+            report.accuracy * 100.0,
+            report.n
+        );
+        write_confusion_matrix(&path, &report.labels, &report.confusion, &title)?;
+        eprintln!("Wrote {}", shown(&path));
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        let skipped: Vec<serde_json::Value> = evaluation
+            .skipped
+            .iter()
+            .map(|s| serde_json::json!({"path": s.path.to_string_lossy(), "reason": s.reason}))
+            .collect();
+        let mut value = serde_json::to_value(report)?;
+        value["skipped"] = serde_json::Value::Array(skipped);
+        serde_json::to_writer(&mut out, &value)?;
+        writeln!(out)?;
+    } else {
+        report::write_evaluation(&mut out, report, evaluation.skipped.len())?;
+    }
+    Ok(check_gate(
+        args.assert_accuracy_at_least,
+        Some(report.accuracy),
+        "evaluation",
+    ))
+}
+
+/// Exit code for `--assert-accuracy-at-least`: 3 when the accuracy is missing or too low.
+fn check_gate(gate: Option<f64>, accuracy: Option<f64>, what: &str) -> u8 {
+    match (gate, accuracy) {
+        (None, _) => exit::SUCCESS,
+        (Some(min), Some(accuracy)) if accuracy >= min => exit::SUCCESS,
+        (Some(min), Some(accuracy)) => {
+            eprintln!(
+                "error: {what} accuracy {accuracy:.4} is below --assert-accuracy-at-least {min}"
+            );
+            exit::ACCURACY_BELOW_GATE
+        }
+        (Some(_), None) => {
+            eprintln!("error: no {what} images to check --assert-accuracy-at-least against");
+            exit::ACCURACY_BELOW_GATE
+        }
+    }
 }
 
 fn label(args: LabelArgs) -> anyhow::Result<u8> {

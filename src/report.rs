@@ -5,36 +5,52 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::evaluate::Report;
 use crate::label::Prediction;
 use crate::progress::shown;
 use crate::retrain::RetrainSummary;
 
-/// The end of a retrain run: the final test accuracy and, if asked, the misclassified
-/// test images (retrain.py's format).
+/// The end of a retrain run: the final test accuracy (retrain.py's line), the
+/// classification report on the test images and, if asked, the misclassified ones.
 pub fn write_retrain_summary(
     out: &mut impl Write,
     summary: &RetrainSummary,
     print_misclassified: bool,
 ) -> io::Result<()> {
-    match summary.test_accuracy {
-        Some(accuracy) => writeln!(
-            out,
-            "Final test accuracy = {:.1}% (N={})",
-            accuracy * 100.0,
-            summary.test_images_evaluated
-        )?,
-        None => writeln!(
+    let Some(report) = &summary.test_report else {
+        return writeln!(
             out,
             "Final test accuracy = n/a (N=0): no test images; add images or raise --testing-percentage"
-        )?,
-    }
+        );
+    };
+    writeln!(
+        out,
+        "Final test accuracy = {:.1}% (N={})",
+        report.accuracy * 100.0,
+        report.n
+    )?;
+    writeln!(out)?;
+    report.write_tables(out)?;
     if print_misclassified {
-        writeln!(out, "=== MISCLASSIFIED TEST IMAGES ===")?;
-        for miss in &summary.misclassified {
-            writeln!(out, "{}  {}", miss.image, miss.predicted)?;
-        }
+        writeln!(out)?;
+        report.write_misclassified(out, "=== MISCLASSIFIED TEST IMAGES ===")?;
     }
     Ok(())
+}
+
+/// The report of `flowers evaluate`.
+pub fn write_evaluation(out: &mut impl Write, report: &Report, skipped: usize) -> io::Result<()> {
+    writeln!(
+        out,
+        "Accuracy = {:.1}% (N={}, {} files skipped)",
+        report.accuracy * 100.0,
+        report.n,
+        skipped
+    )?;
+    writeln!(out)?;
+    report.write_tables(out)?;
+    writeln!(out)?;
+    report.write_misclassified(out, "=== MISCLASSIFIED IMAGES ===")
 }
 
 /// The JSON summary of a retrain run, one object on one line.

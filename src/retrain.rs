@@ -13,9 +13,12 @@ use serde::Serialize;
 use crate::backbone::{Backbone, ModelSource, Overrides};
 use crate::bottleneck::{extract_all, Bottlenecks, Cache};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
-use crate::export::{retrained_graph, write_graph, write_labels};
+use crate::evaluate::Report;
+use crate::export::{check_writable, retrained_graph, write_graph, write_labels};
+use crate::plots::{write_confusion_matrix, write_training_curves, CurvePoint};
 use crate::progress::{info, shown, warn};
-use crate::train::{accuracy, predictions, train, Evaluation, Examples, TrainingOptions};
+use crate::summary::EventWriter;
+use crate::train::{predictions, train, Evaluation, Examples, FinalLayer, TrainingOptions};
 
 /// Everything `flowers retrain` can be told.
 #[derive(Clone, Debug)]
@@ -35,16 +38,10 @@ pub struct RetrainOptions {
     pub overrides: Overrides,
     /// `None`: all cores.
     pub threads: Option<usize>,
-    /// Print the summary as JSON on stdout; the human report then goes to stderr.
-    pub json: bool,
-}
-
-/// A test image the trained layer got wrong.
-#[derive(Clone, Debug, Serialize)]
-pub struct Misclassified {
-    pub image: String,
-    pub label: String,
-    pub predicted: String,
+    /// TensorBoard event files go to `<dir>/train` and `<dir>/validation`.
+    pub summaries_dir: Option<PathBuf>,
+    /// Where the PNG pictures go [default: the summaries directory].
+    pub report_dir: Option<PathBuf>,
 }
 
 /// What a retrain run did, as printed by `--json`.
@@ -62,9 +59,14 @@ pub struct RetrainSummary {
     pub test_images_evaluated: usize,
     /// `None` when there were no test images.
     pub test_accuracy: Option<f64>,
-    pub misclassified: Vec<Misclassified>,
+    /// The classification report on the test images measured.
+    pub test_report: Option<Report>,
+    /// The same on the whole validation set.
+    pub validation_report: Option<Report>,
     pub output_graph: PathBuf,
     pub output_labels: PathBuf,
+    /// PNG pictures written (training curves, test confusion matrix).
+    pub pictures: Vec<PathBuf>,
     pub backbone: String,
     pub extraction_seconds: f64,
     pub training_seconds: f64,
@@ -80,6 +82,9 @@ pub struct SkippedFile {
 /// Runs the whole pipeline and writes the graph and labels.
 pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let start = Instant::now();
+    check_writable(&options.output_graph)?;
+    check_writable(&options.output_labels)?;
+    let mut log = TrainingLog::create(options)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads.unwrap_or(0))
         .build()?;
@@ -97,7 +102,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         extraction.elapsed.as_secs_f64(),
         cache.dir().display()
     ));
-    let splits = split_examples(&dataset, &bottlenecks, options)?;
+    let splits = split_examples(&dataset, bottlenecks, options)?;
     let [training, validation, testing] = &splits;
     let training_start = Instant::now();
     let layer = train(
@@ -105,11 +110,13 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         validation,
         dataset.labels.len(),
         &options.training,
-        |evaluation, _| report_evaluation(evaluation),
+        |evaluation, layer| log.record(evaluation, layer),
     );
     let training_seconds = training_start.elapsed().as_secs_f64();
-    let (test_accuracy, test_images_evaluated, misclassified) =
-        test(&layer, testing, &dataset, options);
+    let tested = test_sample(testing, options);
+    let test_report = tested.as_ref().map(|t| report_on(&layer, t, &dataset));
+    let validation_report =
+        (!validation.is_empty()).then(|| report_on(&layer, validation, &dataset));
     let graph = retrained_graph(
         &backbone,
         &layer,
@@ -123,6 +130,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         shown(&options.output_graph),
         shown(&options.output_labels)
     ));
+    let pictures = log.finish(test_report.as_ref())?;
     let skipped = dataset
         .skipped
         .iter()
@@ -141,16 +149,114 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         training_images: training.len(),
         validation_images: validation.len(),
         test_images: testing.len(),
-        test_images_evaluated,
-        test_accuracy,
-        misclassified,
+        test_images_evaluated: test_report.as_ref().map_or(0, |r| r.n),
+        test_accuracy: test_report.as_ref().map(|r| r.accuracy),
+        test_report,
+        validation_report,
         output_graph: options.output_graph.clone(),
         output_labels: options.output_labels.clone(),
+        pictures,
         backbone: format!("{} sha256:{}", backbone.name, backbone.sha256),
         extraction_seconds: extraction.elapsed.as_secs_f64(),
         training_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Where training progress goes: stderr, TensorBoard event files, the curves picture.
+struct TrainingLog {
+    train_events: Option<EventWriter>,
+    validation_events: Option<EventWriter>,
+    report_dir: Option<PathBuf>,
+    points: Vec<CurvePoint>,
+}
+
+impl TrainingLog {
+    /// Creates the event files and report folder up front, so a bad path fails before
+    /// the long extraction rather than after it.
+    fn create(options: &RetrainOptions) -> Result<TrainingLog> {
+        let (train_events, validation_events) = match &options.summaries_dir {
+            Some(dir) => (
+                Some(EventWriter::create(&dir.join("train"))?),
+                Some(EventWriter::create(&dir.join("validation"))?),
+            ),
+            None => (None, None),
+        };
+        let report_dir = options.report_dir.clone().or(options.summaries_dir.clone());
+        if let Some(dir) = &report_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create report directory {}: {e}", shown(dir))
+            })?;
+        }
+        Ok(TrainingLog {
+            train_events,
+            validation_events,
+            report_dir,
+            points: Vec::new(),
+        })
+    }
+
+    fn record(&mut self, evaluation: &Evaluation, layer: &FinalLayer) {
+        report_evaluation(evaluation);
+        self.points.push(CurvePoint {
+            step: evaluation.step,
+            train_accuracy: evaluation.train_accuracy,
+            cross_entropy: evaluation.cross_entropy,
+            validation_accuracy: evaluation.validation.as_ref().map(|v| v.accuracy),
+            validation_cross_entropy: evaluation.validation.as_ref().map(|v| v.cross_entropy),
+        });
+        if let Err(e) = self.write_events(evaluation, layer) {
+            warn(&format!("TensorBoard summaries stopped: {e:#}"));
+            self.train_events = None;
+            self.validation_events = None;
+        }
+    }
+
+    fn write_events(&mut self, evaluation: &Evaluation, layer: &FinalLayer) -> Result<()> {
+        let step = evaluation.step as i64;
+        if let Some(writer) = &mut self.train_events {
+            writer.scalar("accuracy", step, evaluation.train_accuracy as f32)?;
+            writer.scalar("cross_entropy", step, evaluation.cross_entropy as f32)?;
+            let weights: Vec<f32> = layer.weights.iter().copied().collect();
+            writer.histogram("final_layer/weights", step, &weights)?;
+            writer.histogram(
+                "final_layer/biases",
+                step,
+                layer.biases.as_slice().unwrap_or(&[]),
+            )?;
+        }
+        if let (Some(writer), Some(validation)) =
+            (&mut self.validation_events, &evaluation.validation)
+        {
+            writer.scalar("accuracy", step, validation.accuracy as f32)?;
+            writer.scalar("cross_entropy", step, validation.cross_entropy as f32)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pictures; returns their paths.
+    fn finish(self, test_report: Option<&Report>) -> Result<Vec<PathBuf>> {
+        let Some(dir) = self.report_dir else {
+            return Ok(Vec::new());
+        };
+        let curves = dir.join("training_curves.png");
+        write_training_curves(&curves, &self.points)?;
+        let mut pictures = vec![curves];
+        if let Some(report) = test_report {
+            let confusion = dir.join("test_confusion_matrix.png");
+            let title = format!(
+                "Test confusion matrix: accuracy {:.1}% (N={})",
+                report.accuracy * 100.0,
+                report.n
+            );
+            write_confusion_matrix(&confusion, &report.labels, &report.confusion, &title)?;
+            pictures.push(confusion);
+        }
+        for picture in &pictures {
+            info(&format!("Wrote {}", shown(picture)));
+        }
+        Ok(pictures)
+    }
 }
 
 fn report_dataset(dataset: &Dataset) {
@@ -179,15 +285,18 @@ fn report_dataset(dataset: &Dataset) {
 }
 
 /// Splits the usable bottlenecks into training, validation and test examples.
+/// Consumes the vectors one by one, so they are never held twice.
 fn split_examples(
     dataset: &Dataset,
-    bottlenecks: &Bottlenecks,
+    bottlenecks: Bottlenecks,
     options: &RetrainOptions,
 ) -> Result<[Examples; 3]> {
+    let dim = bottlenecks.dim;
     let class_count = dataset.labels.len();
     let mut rows: [(Vec<f32>, Vec<usize>, Vec<usize>); 3] = Default::default();
     let mut usable = vec![0usize; class_count];
-    for (index, (image, vector)) in dataset.images.iter().zip(&bottlenecks.vectors).enumerate() {
+    let vectors = bottlenecks.vectors.into_iter();
+    for (index, (image, vector)) in dataset.images.iter().zip(vectors).enumerate() {
         let Some(vector) = vector else { continue };
         usable[image.class] += 1;
         let split = split_of(
@@ -196,7 +305,7 @@ fn split_examples(
             options.testing_percentage,
         );
         let slot = &mut rows[split as usize];
-        slot.0.extend_from_slice(vector);
+        slot.0.extend_from_slice(&vector);
         slot.1.push(image.class);
         slot.2.push(index);
     }
@@ -209,8 +318,8 @@ fn split_examples(
     }
     let examples = rows.map(|(features, labels, origin)| {
         let n = labels.len();
-        let features = Array2::from_shape_vec((n, bottlenecks.dim), features)
-            .expect("each row has the bottleneck size");
+        let features =
+            Array2::from_shape_vec((n, dim), features).expect("each row has the bottleneck size");
         Examples::new(features, labels, class_count).with_origin(origin)
     });
     warn_about_empty_splits(dataset, &examples);
@@ -252,41 +361,39 @@ fn report_evaluation(evaluation: &Evaluation) {
         "Step {step}: Cross entropy = {:.6}",
         evaluation.cross_entropy
     ));
-    if let Some((accuracy, n)) = evaluation.validation {
+    if let Some(validation) = &evaluation.validation {
         info(&format!(
-            "Step {step}: Validation accuracy = {:.1}% (N={n})",
-            accuracy * 100.0
+            "Step {step}: Validation accuracy = {:.1}% (N={})",
+            validation.accuracy * 100.0,
+            validation.n
         ));
     }
 }
 
-/// Measures the final layer on the test split (all of it, or a class-balanced sample).
-fn test(
-    layer: &crate::train::FinalLayer,
-    testing: &Examples,
-    dataset: &Dataset,
-    options: &RetrainOptions,
-) -> (Option<f64>, usize, Vec<Misclassified>) {
+/// The test images measured: all of them, or retrain.py's class-balanced sample.
+fn test_sample(testing: &Examples, options: &RetrainOptions) -> Option<Examples> {
     if testing.is_empty() {
-        return (None, 0, Vec::new());
+        return None;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(options.training.seed ^ 0x7e57);
-    let sample = match options.test_batch_size {
+    Some(match options.test_batch_size {
         None => testing.clone(),
         Some(size) => testing.sample(size, &mut rng),
-    };
-    let probabilities = layer.probabilities(sample.features.view());
-    let test_accuracy = accuracy(&probabilities, &sample.labels);
-    let misclassified = predictions(&probabilities)
-        .into_iter()
-        .zip(&sample.labels)
-        .zip(&sample.origin)
-        .filter(|((predicted, label), _)| predicted != *label)
-        .map(|((predicted, &label), &origin)| Misclassified {
-            image: dataset.images[origin].relative.clone(),
-            label: dataset.labels[label].clone(),
-            predicted: dataset.labels[predicted].clone(),
-        })
+    })
+}
+
+/// The classification report of the final layer on a set of examples.
+fn report_on(layer: &FinalLayer, examples: &Examples, dataset: &Dataset) -> Report {
+    let probabilities = layer.probabilities(examples.features.view());
+    let names: Vec<String> = examples
+        .origin
+        .iter()
+        .map(|&i| dataset.images[i].relative.clone())
         .collect();
-    (Some(test_accuracy), sample.len(), misclassified)
+    Report::new(
+        &dataset.labels,
+        &examples.labels,
+        &predictions(&probabilities),
+        &names,
+    )
 }

@@ -203,8 +203,17 @@ pub struct Evaluation {
     pub step: usize,
     pub train_accuracy: f64,
     pub cross_entropy: f64,
-    /// Accuracy and number of validation images; `None` when there are none.
-    pub validation: Option<(f64, usize)>,
+    /// `None` when there are no validation images.
+    pub validation: Option<ValidationScore>,
+}
+
+/// The final layer measured on (a sample of) the validation set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidationScore {
+    pub accuracy: f64,
+    pub cross_entropy: f64,
+    /// Number of validation images measured.
+    pub n: usize,
 }
 
 /// Trains a new final layer, calling `on_evaluation` every `eval_step_interval` steps and
@@ -242,7 +251,7 @@ fn validate(
     validation: &Examples,
     options: &TrainingOptions,
     rng: &mut impl Rng,
-) -> Option<(f64, usize)> {
+) -> Option<ValidationScore> {
     if validation.is_empty() {
         return None;
     }
@@ -257,7 +266,11 @@ fn validate(
             (layer.probabilities(features.view()), labels)
         }
     };
-    Some((accuracy(&probabilities, &labels), labels.len()))
+    Some(ValidationScore {
+        accuracy: accuracy(&probabilities, &labels),
+        cross_entropy: cross_entropy(&probabilities, &labels),
+        n: labels.len(),
+    })
 }
 
 /// Probabilities for a whole split, in row order.
@@ -314,7 +327,8 @@ mod tests {
         assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
         let last = last.unwrap();
         assert_eq!(last.step, 299);
-        assert_eq!(last.validation, Some((1.0, 60)));
+        let validation = last.validation.unwrap();
+        assert_eq!((validation.accuracy, validation.n), (1.0, 60));
         assert!(last.cross_entropy < 0.2, "{}", last.cross_entropy);
     }
 

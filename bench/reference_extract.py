@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Reference bottleneck extraction a user would write instead of flowers:
+Pillow decode + EXIF transpose + RGB + bilinear squash to 224x224,
+(pixel - 128) / 128, NCHW, onnxruntime (2 intra-op threads) on the same
+MobileNet v1 ONNX backbone, output `features` [N, 1024] for every image.
+
+Usage: reference_extract.py MODEL.onnx IMAGE_DIR [OUT.npy]
+"""
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+model, image_dir = sys.argv[1], sys.argv[2]
+out = sys.argv[3] if len(sys.argv) > 3 else None
+
+paths = sorted(os.path.join(root, f)
+               for root, _, files in os.walk(image_dir)
+               for f in files if f.lower().endswith((".jpg", ".jpeg", ".png")))
+
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 2
+sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+feats = np.empty((len(paths), 1024), np.float32)
+for i, p in enumerate(paths):
+    img = ImageOps.exif_transpose(Image.open(p)).convert("RGB").resize((224, 224), Image.BILINEAR)
+    x = ((np.asarray(img, np.float32) - 128.0) / 128.0).transpose(2, 0, 1)[None]
+    feats[i] = sess.run(["features"], {"input": x})[0].reshape(-1)
+if out:
+    np.save(out, feats)
+print(f"{len(paths)} images -> features {feats.shape}", file=sys.stderr)
