@@ -71,7 +71,7 @@ pub fn write_confusion_matrix(
     title: &str,
 ) -> Result<()> {
     let result = check_matrix(labels, matrix).and_then(|()| {
-        let layout = MatrixLayout::new(labels, title)?;
+        let layout = MatrixLayout::new(labels, matrix, title)?;
         render_png(path, layout.size, |root| {
             draw_matrix(root, &layout, labels, matrix, title)
         })
@@ -162,7 +162,7 @@ fn draw_note(root: &Area, note: &str) -> Result<()> {
 struct Series {
     name: &'static str,
     color: RGBColor,
-    points: Vec<(usize, f64)>,
+    points: Vec<(i64, f64)>,
 }
 
 impl Series {
@@ -173,7 +173,7 @@ impl Series {
         points: impl Iterator<Item = (usize, Option<f64>)>,
     ) -> Self {
         let points = points
-            .filter_map(|(step, v)| v.filter(|v| v.is_finite()).map(|v| (step, v)))
+            .filter_map(|(step, v)| v.filter(|v| v.is_finite()).map(|v| (step as i64, v)))
             .collect();
         Series {
             name,
@@ -252,17 +252,10 @@ impl Panel {
     }
 
     fn draw_chart(&self, area: &Area, points: &[CurvePoint], series: &[&Series]) -> Result<()> {
-        let first = points.iter().map(|p| p.step).min().unwrap_or(0);
-        let last = points
-            .iter()
-            .map(|p| p.step)
-            .max()
-            .unwrap_or(0)
-            .max(first + 1);
         let mut chart = ChartBuilder::on(area)
             .x_label_area_size(52)
-            .y_label_area_size(70)
-            .build_cartesian_2d(first..last, self.y_range.clone())?;
+            .y_label_area_size(74)
+            .build_cartesian_2d(step_range(points), self.y_range.clone())?;
         let percent = self.percent;
         let y_format = move |v: &f64| {
             if percent {
@@ -278,8 +271,9 @@ impl Panel {
             .x_desc("training step")
             .y_desc(self.y_desc)
             .axis_desc_style(font(18.0))
-            .label_style(font(15.0))
+            .label_style(font(16.0))
             .y_label_formatter(&y_format)
+            .x_label_formatter(&|v: &i64| if *v < 0 { String::new() } else { v.to_string() })
             .draw()?;
         for s in series {
             draw_series(&mut chart, s)?;
@@ -288,10 +282,21 @@ impl Panel {
     }
 }
 
+/// The steps' span; a single step sits in the middle rather than on the axis.
+fn step_range(points: &[CurvePoint]) -> Range<i64> {
+    let first = points.iter().map(|p| p.step).min().unwrap_or(0) as i64;
+    let last = points.iter().map(|p| p.step).max().unwrap_or(0) as i64;
+    if first == last {
+        first - 1..last + 1
+    } else {
+        first..last
+    }
+}
+
 type Chart<'a, 'b> = ChartContext<
     'a,
     BitMapBackend<'b>,
-    Cartesian2d<plotters::coord::types::RangedCoordusize, plotters::coord::types::RangedCoordf64>,
+    Cartesian2d<plotters::coord::types::RangedCoordi64, plotters::coord::types::RangedCoordf64>,
 >;
 
 /// A line, plus a dot at each point when there are few enough to tell apart.
@@ -348,13 +353,21 @@ fn check_matrix(labels: &[String], matrix: &[Vec<usize>]) -> Result<()> {
     Ok(())
 }
 
-/// "a_very_long_flower_name" → "a_very_long_flower_na…", so a name never swamps the grid.
+/// "bird_of_paradise_strelitzia_reginae" → "bird_of_parad…a_reginae": a long name never
+/// swamps the grid, and keeping both ends tells apart names that share a prefix.
 fn abbreviate(name: &str) -> String {
-    if name.chars().count() <= MAX_LABEL_CHARS {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= MAX_LABEL_CHARS {
         return name.to_string();
     }
-    let kept: String = name.chars().take(MAX_LABEL_CHARS - 1).collect();
-    format!("{kept}…")
+    let head = (MAX_LABEL_CHARS - 1) * 3 / 5;
+    let tail = MAX_LABEL_CHARS - 1 - head;
+    let (start, end) = (&chars[..head], &chars[chars.len() - tail..]);
+    format!(
+        "{}…{}",
+        start.iter().collect::<String>(),
+        end.iter().collect::<String>()
+    )
 }
 
 /// Pixel geometry of the matrix picture, derived from the number of classes and the label
@@ -369,6 +382,8 @@ struct MatrixLayout {
     rotate_columns: bool,
     /// Height of the column-label band below the grid.
     column_band: i32,
+    /// Width of the row-label band left of the grid.
+    row_band: i32,
 }
 
 impl MatrixLayout {
@@ -376,10 +391,10 @@ impl MatrixLayout {
     const SUBTITLE_FONT: f64 = 16.0;
     const AXIS_FONT: f64 = 18.0;
 
-    fn new(labels: &[String], title: &str) -> Result<Self> {
+    fn new(labels: &[String], matrix: &[Vec<usize>], title: &str) -> Result<Self> {
         ensure_font()?;
         let n = labels.len() as i32;
-        let cell = (720 / n).clamp(28, 110);
+        let cell = (720 / n).clamp(28, 130);
         let label_font = (cell as f64 * 0.4).clamp(13.0, 18.0);
         let count_font = (cell as f64 * 0.32).clamp(11.0, 26.0);
         let mut widest = 0;
@@ -392,12 +407,14 @@ impl MatrixLayout {
         } else {
             label_font as i32 + 14
         };
-        let left = PAD + Self::AXIS_FONT as i32 + 14 + widest + 12;
+        let row_band = widest + 12;
+        let left = PAD + Self::AXIS_FONT as i32 + 14 + row_band;
         let top = PAD + Self::TITLE_FONT as i32 + 12 + Self::SUBTITLE_FONT as i32 + 24;
         let grid = n * cell;
         let needed = left + grid + PAD + 12;
-        let title_w = text_size(title, Self::TITLE_FONT)?.0 + 2 * PAD;
-        let width = needed.max(title_w);
+        let title_w = text_size(title, Self::TITLE_FONT)?.0;
+        let subtitle_w = text_size(&subtitle(matrix, title), Self::SUBTITLE_FONT)?.0;
+        let width = needed.max(title_w.max(subtitle_w) + 2 * PAD);
         let height = top + grid + column_band + Self::AXIS_FONT as i32 + 16 + PAD;
         let origin = (left + (width - needed) / 2, top);
         let size = (width as u32, height as u32);
@@ -409,6 +426,7 @@ impl MatrixLayout {
             count_font,
             rotate_columns,
             column_band,
+            row_band,
         })
     }
 }
@@ -440,13 +458,24 @@ fn draw_matrix_titles(
     let centered = Pos::new(HPos::Center, VPos::Top);
     let title_style = font(MatrixLayout::TITLE_FONT).pos(centered);
     draw_text(root, title, &title_style, (width / 2, PAD))?;
-    let n: usize = matrix.iter().flatten().sum();
-    let subtitle = format!("N = {n}   ·   rows: true label   ·   columns: predicted label   ·   shade: fraction of the row");
+    let subtitle = subtitle(matrix, title);
     let sub_style = font(MatrixLayout::SUBTITLE_FONT)
         .color(&SUBTITLE_COLOR)
         .pos(centered);
     let sub_y = PAD + MatrixLayout::TITLE_FONT as i32 + 12;
     draw_text(root, &subtitle, &sub_style, (width / 2, sub_y))
+}
+
+/// How to read the picture, and N unless the title already says it.
+fn subtitle(matrix: &[Vec<usize>], title: &str) -> String {
+    let n: usize = matrix.iter().flatten().sum();
+    let legend = "rows: true label  ·  columns: predicted label  ·  shade: fraction of the row";
+    let compact = title.replace(' ', "");
+    if compact.contains(&format!("N={n}")) {
+        legend.to_string()
+    } else {
+        format!("N = {n}  ·  {legend}")
+    }
 }
 
 fn draw_cell(
@@ -488,7 +517,7 @@ fn draw_cell(
 
 /// White for 0, through light blue, to `CELL_DARK` for a whole row.
 fn shade(fraction: f64) -> RGBColor {
-    let f = fraction.clamp(0.0, 1.0).powf(0.8);
+    let f = fraction.clamp(0.0, 1.0).powf(0.6);
     let mix = |dark: u8| (255.0 - (255.0 - dark as f64) * f).round() as u8;
     RGBColor(mix(CELL_DARK.0), mix(CELL_DARK.1), mix(CELL_DARK.2))
 }
@@ -519,7 +548,15 @@ fn draw_matrix_labels(root: &Area, layout: &MatrixLayout, labels: &[String]) -> 
     let true_style = axis
         .transform(FontTransform::Rotate270)
         .pos(Pos::new(HPos::Center, VPos::Top));
-    draw_text(root, "True label", &true_style, (PAD, y0 + grid / 2))
+    draw_text(
+        root,
+        "True label",
+        &true_style,
+        (
+            x0 - layout.row_band - 14 - MatrixLayout::AXIS_FONT as i32,
+            y0 + grid / 2,
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -678,7 +715,11 @@ mod tests {
         assert_eq!(abbreviate("roses"), "roses");
         let short = abbreviate("bird_of_paradise_strelitzia_reginae");
         assert_eq!(short.chars().count(), MAX_LABEL_CHARS);
-        assert!(short.ends_with('…'));
+        assert!(
+            short.starts_with("bird_of_") && short.ends_with("_reginae"),
+            "{short}"
+        );
+        assert!(short.contains('…'));
     }
 
     /// Writes the pictures to /tmp/plots for a person to look at:
