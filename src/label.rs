@@ -129,9 +129,46 @@ impl RetrainedGraph {
         Ok(self.top_k(&probabilities, 1)[0].class)
     }
 
-    /// Classifies many files on the current rayon pool, results in input order.
-    pub fn label_files(&self, paths: &[PathBuf], k: usize) -> Vec<Result<Vec<Prediction>, String>> {
-        paths.par_iter().map(|p| self.label_file(p, k)).collect()
+    /// Labels many files on `pool`'s threads and hands each result to `emit` in input
+    /// order as soon as it and all before it are done: output streams, all cores stay busy,
+    /// and there is no batch barrier. Stops early if `emit` fails (a closed pipe).
+    pub fn label_in_order<E>(
+        &self,
+        pool: &rayon::ThreadPool,
+        paths: &[PathBuf],
+        k: usize,
+        mut emit: impl FnMut(&Path, Result<Vec<Prediction>, String>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let stop = &stop;
+            scope.spawn(move || {
+                pool.install(|| {
+                    paths
+                        .par_iter()
+                        .enumerate()
+                        .for_each_with(sender, |sender, (i, path)| {
+                            if !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                let _ = sender.send((i, self.label_file(path, k)));
+                            }
+                        })
+                })
+            });
+            let mut pending = std::collections::BTreeMap::new();
+            let mut next = 0;
+            for (index, result) in receiver {
+                pending.insert(index, result);
+                while let Some(result) = pending.remove(&next) {
+                    if let Err(e) = emit(&paths[next], result) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    next += 1;
+                }
+            }
+            Ok(())
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! and [`label`] classifies new images with it. [`retrain`] sequences the steps and
 //! [`report`] prints results.
 
+pub mod atomic;
 pub mod backbone;
 pub mod bottleneck;
 pub mod dataset;

@@ -127,22 +127,19 @@ fn label(args: LabelArgs) -> anyhow::Result<u8> {
         report::write_label_failure(&mut out, path, reason, args.json)?;
         failures += 1;
     }
-    // Chunks keep output streaming in input order while all cores work.
-    for chunk in files.chunks(64) {
-        let results = pool.install(|| graph.label_files(chunk, args.top_k as usize));
-        for (path, result) in chunk.iter().zip(results) {
-            match result {
-                Ok(predictions) => {
-                    report::write_predictions(&mut out, path, &predictions, several, args.json)?
-                }
-                Err(reason) => {
-                    report::write_label_failure(&mut out, path, &reason, args.json)?;
-                    failures += 1;
-                }
+    let k = args.top_k as usize;
+    graph.label_in_order(&pool, &files, k, |path, result| -> io::Result<()> {
+        match result {
+            Ok(predictions) => {
+                report::write_predictions(&mut out, path, &predictions, several, args.json)?
+            }
+            Err(reason) => {
+                report::write_label_failure(&mut out, path, &reason, args.json)?;
+                failures += 1;
             }
         }
-        out.flush()?;
-    }
+        out.flush()
+    })?;
     Ok(if failures > 0 {
         exit::SOME_INPUTS_FAILED
     } else {

@@ -4,11 +4,12 @@
 //! written atomically, so a reader never sees half a PNG. The font is embedded, so the
 //! pictures look the same on every machine and need no system fonts.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use crate::atomic::write_atomically;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -111,27 +112,6 @@ fn render_png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<
     let mut png = Cursor::new(Vec::new());
     image.write_to(&mut png, image::ImageFormat::Png)?;
     write_atomically(path, png.get_ref())
-}
-
-/// Writes through a temporary file in the same directory and a rename: readers see the
-/// old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".flowers-tmp-");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // A picture is an ordinary file, readable like any other the user writes.
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let mut file = builder.tempfile_in(dir)?;
-    file.write_all(bytes)?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 fn font(size: f64) -> TextStyle<'static> {
@@ -720,6 +700,13 @@ mod tests {
             "{short}"
         );
         assert!(short.contains('…'));
+    }
+
+    #[test]
+    fn subtitle_adds_n_only_when_the_title_lacks_it() {
+        let m = matrix(5);
+        assert!(subtitle(&m, "Test set").starts_with("N = 248"));
+        assert!(subtitle(&m, "accuracy 89.9% (N = 248)").starts_with("rows:"));
     }
 
     /// Writes the pictures to /tmp/plots for a person to look at:

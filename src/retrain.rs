@@ -10,11 +10,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::atomic::check_writable;
 use crate::backbone::{Backbone, ModelSource, Overrides};
 use crate::bottleneck::{extract_all, Bottlenecks, Cache};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
 use crate::evaluate::Report;
-use crate::export::{check_writable, retrained_graph, write_graph, write_labels};
+use crate::export::{retrained_graph, write_graph, write_labels};
 use crate::plots::{write_confusion_matrix, write_training_curves, CurvePoint};
 use crate::progress::{info, shown, warn};
 use crate::summary::EventWriter;
