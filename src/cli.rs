@@ -221,9 +221,10 @@ pub struct BackboneArgs {
     #[arg(long, alias = "input_std", value_name = "V|R,G,B")]
     pub input_std: Option<String>,
 
-    /// How images are fitted to the input size: `squash` (whole image, as retrain.py) or
-    /// `center-crop:F` (centred square of fraction F of the shorter side).
-    #[arg(long, value_name = "RULE", default_value = "squash")]
+    /// How images are fitted to the input size: `center-crop:F` (the centred square of
+    /// fraction F of the shorter side, then resized) or `squash` (the whole image, aspect
+    /// ratio ignored, as retrain.py).
+    #[arg(long, value_name = "RULE", default_value = "center-crop:0.875")]
     pub resize: String,
 }
 
