@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::dataset::{Dataset, Skipped};
 use crate::label::RetrainedGraph;
+use crate::plots::write_confusion_matrix;
 use crate::progress::{shown, Progress};
 
 /// An image the classifier got wrong.
@@ -134,6 +135,16 @@ impl Report {
             writeln!(out)?;
         }
         Ok(())
+    }
+
+    /// Draws the confusion matrix as a PNG titled `what`, with the accuracy and N.
+    pub fn write_confusion_png(&self, path: &Path, what: &str) -> Result<()> {
+        let title = format!(
+            "{what}: accuracy {:.1}% (N={})",
+            self.accuracy * 100.0,
+            self.n
+        );
+        write_confusion_matrix(path, &self.labels, &self.confusion, &title)
     }
 
     /// The misclassified images, one `path  predicted_label` line each.

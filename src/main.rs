@@ -11,7 +11,6 @@ use cli::{Cli, Command, EvaluateArgs, LabelArgs, RetrainArgs};
 use flowers::evaluate::evaluate_directory;
 use flowers::exit;
 use flowers::label::{collect_inputs, RetrainedGraph};
-use flowers::plots::write_confusion_matrix;
 use flowers::progress::shown;
 use flowers::report;
 
@@ -62,12 +61,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<u8> {
     if let Some(dir) = &args.report_dir {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("confusion_matrix.png");
-        let title = format!(
-            "Confusion matrix: accuracy {:.1}% (N={})",
-            report.accuracy * 100.0,
-            report.n
-        );
-        write_confusion_matrix(&path, &report.labels, &report.confusion, &title)?;
+        report.write_confusion_png(&path, "Confusion matrix")?;
         eprintln!("Wrote {}", shown(&path));
     }
     let mut out = io::stdout().lock();

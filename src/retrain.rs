@@ -16,7 +16,7 @@ use crate::bottleneck::{extract_all, Bottlenecks, Cache};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
 use crate::evaluate::Report;
 use crate::export::{retrained_graph, write_graph, write_labels};
-use crate::plots::{write_confusion_matrix, write_training_curves, CurvePoint};
+use crate::plots::{write_training_curves, CurvePoint};
 use crate::progress::{info, shown, warn};
 use crate::summary::EventWriter;
 use crate::train::{predictions, train, Evaluation, Examples, FinalLayer, TrainingOptions};
@@ -245,12 +245,7 @@ impl TrainingLog {
         let mut pictures = vec![curves];
         if let Some(report) = test_report {
             let confusion = dir.join("test_confusion_matrix.png");
-            let title = format!(
-                "Test confusion matrix: accuracy {:.1}% (N={})",
-                report.accuracy * 100.0,
-                report.n
-            );
-            write_confusion_matrix(&confusion, &report.labels, &report.confusion, &title)?;
+            report.write_confusion_png(&confusion, "Test confusion matrix")?;
             pictures.push(confusion);
         }
         for picture in &pictures {

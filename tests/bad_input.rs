@@ -10,7 +10,7 @@ use std::time::Instant;
 use flowers::preprocess::{decode_rgb, Layout, Preprocessing, ResizeRule};
 use prost::Message;
 
-use common::{copy_sample, flowers, stderr, stdout};
+use common::{copy_sample, flowers, retrain, stderr, stdout};
 
 fn odd(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,17 +84,20 @@ fn broken_files_are_refused_with_a_reason() {
     }
 }
 
+/// Files that are not usable images, in `tests/data/odd`.
+const BROKEN: [&str; 5] = [
+    "empty.jpg",
+    "random_bytes.jpg",
+    "notes.txt",
+    "huge_header.png",
+    "truncated.jpg",
+];
+
 /// A dataset full of traps: broken files, hidden files, nested folders, odd names.
 fn messy_dataset(root: &Path) -> usize {
     copy_sample(root, &["daisy", "roses"], 4);
     let daisy = root.join("daisy");
-    for name in [
-        "empty.jpg",
-        "random_bytes.jpg",
-        "notes.txt",
-        "huge_header.png",
-        "truncated.jpg",
-    ] {
+    for name in BROKEN {
         fs::copy(odd(name), daisy.join(name)).unwrap();
     }
     for name in ["cmyk.jpg", "photo.webp", "rgb16.png", "png_named.jpg"] {
@@ -121,19 +124,7 @@ fn retrain_skips_and_counts_bad_images() {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
     let broken = messy_dataset(&images);
-    let output = flowers(
-        &[
-            "retrain",
-            "--image-dir",
-            "images",
-            "--bottleneck-dir",
-            "cache",
-            "--how-many-training-steps",
-            "50",
-            "--json",
-        ],
-        work.path(),
-    );
+    let output = retrain(work.path(), "images", 50, &["--json"]);
     let err = stderr(&output);
     assert!(output.status.success(), "{err}");
     let summary: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
@@ -142,13 +133,7 @@ fn retrain_skips_and_counts_bad_images() {
     // Recognised as images by content: 8 sample photos, 4 odd roses, 4 odd daisies
     // (grayscale, gif, bmp, png) and the 2 broken ones that look like images at first.
     assert_eq!(summary["images"], 18);
-    for name in [
-        "empty.jpg",
-        "random_bytes.jpg",
-        "notes.txt",
-        "huge_header.png",
-        "truncated.jpg",
-    ] {
+    for name in BROKEN {
         let line = err
             .lines()
             .find(|l| l.contains(name))
@@ -172,18 +157,7 @@ fn label_labels_every_good_file_and_exits_1_for_bad_ones() {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
     copy_sample(&images, &["daisy", "roses"], 4);
-    let trained = flowers(
-        &[
-            "retrain",
-            "--image-dir",
-            "images",
-            "--bottleneck-dir",
-            "cache",
-            "--how-many-training-steps",
-            "30",
-        ],
-        work.path(),
-    );
+    let trained = retrain(work.path(), "images", 30, &[]);
     assert!(trained.status.success(), "{}", stderr(&trained));
     let odd_dir = odd("");
     let output = flowers(&["label", "--json", odd_dir.to_str().unwrap()], work.path());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use flowers::summary::{read_events, ValueKind, What};
 
-use common::{copy_sample, flowers, sample_dir, stderr, stdout};
+use common::{copy_sample, flowers, retrain, sample_dir, stderr, stdout};
 
 /// (tag -> steps) of scalars, and (tag -> (step, count)) of histograms, of one run folder.
 type Scalars = BTreeMap<String, Vec<(i64, f32)>>;
@@ -55,21 +55,16 @@ fn read_run(dir: &Path) -> (Scalars, Histograms) {
 fn tensorboard_summaries_and_pictures_are_written() {
     let work = tempfile::tempdir().unwrap();
     let sample = sample_dir();
-    let output = flowers(
+    let output = retrain(
+        work.path(),
+        sample.to_str().unwrap(),
+        30,
         &[
-            "retrain",
-            "--image-dir",
-            sample.to_str().unwrap(),
-            "--bottleneck-dir",
-            "cache",
-            "--how-many-training-steps",
-            "30",
             "--validation-percentage",
             "20",
             "--summaries-dir",
             "summaries",
         ],
-        work.path(),
     );
     let err = stderr(&output);
     assert!(output.status.success(), "{err}");
@@ -136,18 +131,7 @@ fn evaluate_agrees_with_an_independent_count_and_gates() {
     let work = tempfile::tempdir().unwrap();
     let cwd = work.path();
     let sample = sample_dir();
-    let trained = flowers(
-        &[
-            "retrain",
-            "--image-dir",
-            sample.to_str().unwrap(),
-            "--bottleneck-dir",
-            "cache",
-            "--how-many-training-steps",
-            "100",
-        ],
-        cwd,
-    );
+    let trained = retrain(cwd, sample.to_str().unwrap(), 100, &[]);
     assert!(trained.status.success(), "{}", stderr(&trained));
 
     // A folder where the roses folder also holds four daisies: known mistakes.
@@ -245,15 +229,11 @@ fn retrain_gate_exits_3_after_writing_everything() {
     let cwd = work.path();
     let images = cwd.join("images");
     copy_sample(&images, &["daisy", "roses"], 14);
-    let output = flowers(
+    let output = retrain(
+        cwd,
+        "images",
+        10,
         &[
-            "retrain",
-            "--image-dir",
-            "images",
-            "--bottleneck-dir",
-            "cache",
-            "--how-many-training-steps",
-            "10",
             "--testing-percentage",
             "30",
             "--assert-accuracy-at-least",
@@ -261,7 +241,6 @@ fn retrain_gate_exits_3_after_writing_everything() {
             "--learning-rate",
             "0.000001",
         ],
-        cwd,
     );
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(cwd.join("retrained_graph.onnx").exists());

@@ -44,6 +44,23 @@ pub fn flowers(args: &[&str], cwd: &Path) -> Output {
         .expect("flowers runs")
 }
 
+/// `flowers retrain` on `image_dir` with a cache in `cwd/cache`, `steps` SGD steps and
+/// any `extra` arguments.
+pub fn retrain(cwd: &Path, image_dir: &str, steps: u32, extra: &[&str]) -> Output {
+    let steps = steps.to_string();
+    let mut args = vec![
+        "retrain",
+        "--image-dir",
+        image_dir,
+        "--bottleneck-dir",
+        "cache",
+        "--how-many-training-steps",
+        &steps,
+    ];
+    args.extend_from_slice(extra);
+    flowers(&args, cwd)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
