@@ -12,7 +12,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -21,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backbone::{hex, Backbone, Plan};
 use crate::dataset::{io_reason, ImageEntry, Skipped};
-use crate::progress::Progress;
+use crate::progress::{shown, Progress};
 
 const MAGIC: &[u8; 8] = b"FLWRBN01";
 const HEADER_LEN: usize = 8 + 32 + 32 + 4;
@@ -140,17 +139,14 @@ pub fn extract_all(
         .iter()
         .filter(|l| matches!(l, Lookup::Miss(_)))
         .count();
-    let plan = OnceLock::new();
-    let get_plan = || -> Result<&Plan> {
-        if plan.get().is_none() {
-            let _ = plan.set(backbone.extractor()?);
+    // The model is loaded only when something must be computed, or no entry tells the size.
+    let (plan, dim) = match (misses, consistent_dim(&lookups)) {
+        (0, Some(dim)) => (None, dim),
+        _ => {
+            let plan = backbone.extractor()?;
+            let dim = plan.output_len;
+            (Some(plan), dim)
         }
-        Ok(plan.get().expect("just set"))
-    };
-    let dim = consistent_dim(&lookups);
-    let dim = match (misses, dim) {
-        (0, Some(dim)) => dim,
-        _ => get_plan()?.output_len,
     };
     // Phase 2: compute what is missing or of the wrong length.
     let progress = Progress::new(images.len() as u64, "bottlenecks");
@@ -160,12 +156,14 @@ pub fn extract_all(
         .map(|(image, lookup)| {
             let result = match lookup {
                 Lookup::Hit(vector) if vector.len() == dim => Ok((vector, true)),
-                Lookup::Hit(_) => compute(image, None, get_plan, cache).map(|v| (v, false)),
-                Lookup::Miss(sha) => compute(image, Some(sha), get_plan, cache).map(|v| (v, false)),
+                Lookup::Hit(_) => compute(image, None, plan.as_ref(), cache).map(|v| (v, false)),
+                Lookup::Miss(sha) => {
+                    compute(image, Some(sha), plan.as_ref(), cache).map(|v| (v, false))
+                }
                 Lookup::Unreadable(reason) => Err(reason),
             };
             if let Err(reason) = &result {
-                progress.warn(&format!("skipping {}: {reason}", image.path.display()));
+                progress.warn(&format!("skipping {}: {reason}", shown(&image.path)));
             }
             progress.inc();
             result
@@ -226,15 +224,15 @@ fn consistent_dim(lookups: &[Lookup]) -> Option<usize> {
 }
 
 /// Reads, decodes and runs one image through the backbone, then caches the vector.
-fn compute<'a>(
+fn compute(
     image: &ImageEntry,
     known_sha: Option<[u8; 32]>,
-    get_plan: impl Fn() -> Result<&'a Plan>,
+    plan: Option<&Plan>,
     cache: &Cache,
 ) -> Result<Vec<f32>, String> {
+    let plan = plan.expect("a plan is loaded whenever an entry must be computed");
     let bytes = fs::read(&image.path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
     let sha: [u8; 32] = known_sha.unwrap_or_else(|| Sha256::digest(&bytes).into());
-    let plan = get_plan().map_err(|e| format!("{e:#}"))?;
     let input = plan.preprocessing.tensor_from_bytes(&bytes)?;
     let vector = plan
         .run(input)
@@ -242,7 +240,7 @@ fn compute<'a>(
     if let Err(e) = cache.write(&sha, &vector) {
         crate::progress::warn(&format!(
             "cannot write bottleneck cache entry for {}: {}",
-            image.path.display(),
+            shown(&image.path),
             io_reason(&e)
         ));
     }
