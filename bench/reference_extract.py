@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Reference bottleneck extraction a user would write instead of flowers:
-Pillow decode + EXIF transpose + RGB + bilinear squash to 224x224,
+Pillow decode + EXIF transpose + RGB + flowers' default resize rule (the centred 87.5%
+square, bilinear to 224x224),
 (pixel - 128) / 128, NCHW, onnxruntime (2 intra-op threads) on the same
 MobileNet v1 ONNX backbone, output `features` [N, 1024] for every image.
 
@@ -26,7 +27,10 @@ sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 feats = np.empty((len(paths), 1024), np.float32)
 for i, p in enumerate(paths):
-    img = ImageOps.exif_transpose(Image.open(p)).convert("RGB").resize((224, 224), Image.BILINEAR)
+    img = ImageOps.exif_transpose(Image.open(p)).convert("RGB")
+    side = min(img.size) * 0.875
+    left, top = (img.width - side) / 2, (img.height - side) / 2
+    img = img.resize((224, 224), Image.BILINEAR, box=(left, top, left + side, top + side))
     x = ((np.asarray(img, np.float32) - 128.0) / 128.0).transpose(2, 0, 1)[None]
     feats[i] = sess.run(["features"], {"input": x})[0].reshape(-1)
 if out:

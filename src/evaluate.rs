@@ -103,8 +103,14 @@ impl Report {
                 c.label, c.precision, c.recall, c.f1, c.support
             )?;
         }
-        let macro_f1 =
-            self.classes.iter().map(|c| c.f1).sum::<f64>() / self.classes.len().max(1) as f64;
+        // Classes absent from this set (support 0) would drag the mean down for nothing.
+        let present: Vec<f64> = self
+            .classes
+            .iter()
+            .filter(|c| c.support > 0)
+            .map(|c| c.f1)
+            .collect();
+        let macro_f1 = present.iter().sum::<f64>() / present.len().max(1) as f64;
         writeln!(
             out,
             "{:<width$}  {:>9}  {:>6}  {:>5.3}  {:>7}",
