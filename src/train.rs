@@ -1,7 +1,7 @@
 //! The new final layer (a softmax classifier on bottlenecks), trained by a hand-written
 //! mini-batch SGD loop over ndarray, with retrain.py's class-balanced sampling.
 
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -273,14 +273,6 @@ fn validate(
     })
 }
 
-/// Probabilities for a whole split, in row order.
-pub fn evaluate(layer: &FinalLayer, examples: &Examples) -> Array2<f32> {
-    if examples.is_empty() {
-        return Array2::zeros((0, layer.biases.len()));
-    }
-    layer.probabilities(examples.features.slice(s![.., ..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,7 +315,7 @@ mod tests {
         let layer = train(&training, &validation, 3, &options(300), |e, _| {
             last = Some(e.clone())
         });
-        let probabilities = evaluate(&layer, &validation);
+        let probabilities = layer.probabilities(validation.features.view());
         assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
         let last = last.unwrap();
         assert_eq!(last.step, 299);
