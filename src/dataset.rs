@@ -15,6 +15,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use serde::ser::{SerializeStruct, Serializer};
+use serde::Serialize;
 use sha1::{Digest, Sha1};
 
 use crate::preprocess::sniff_format;
@@ -40,6 +42,17 @@ pub struct ImageEntry {
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
+}
+
+/// `{"path": "...", "reason": "..."}`; a path that is not UTF-8 is written lossily rather
+/// than failing the whole JSON report.
+impl Serialize for Skipped {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut fields = serializer.serialize_struct("Skipped", 2)?;
+        fields.serialize_field("path", &self.path.to_string_lossy())?;
+        fields.serialize_field("reason", &self.reason)?;
+        fields.end()
+    }
 }
 
 /// The discovered dataset.

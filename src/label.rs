@@ -113,7 +113,7 @@ impl RetrainedGraph {
         paths
             .par_iter()
             .map(|path| {
-                let result = self.classify_file(path);
+                let result = self.label_file(path, 1).map(|best| best[0].class);
                 if let Err(reason) = &result {
                     progress.warn(&format!("skipping {}: {reason}", shown(path)));
                 }
@@ -121,12 +121,6 @@ impl RetrainedGraph {
                 result
             })
             .collect()
-    }
-
-    fn classify_file(&self, path: &Path) -> Result<usize, String> {
-        let bytes = fs::read(path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
-        let probabilities = self.probabilities(&bytes)?;
-        Ok(self.top_k(&probabilities, 1)[0].class)
     }
 
     /// Labels many files on `pool`'s threads and hands each result to `emit` in input

@@ -66,13 +66,8 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<u8> {
     }
     let mut out = io::stdout().lock();
     if args.json {
-        let skipped: Vec<serde_json::Value> = evaluation
-            .skipped
-            .iter()
-            .map(|s| serde_json::json!({"path": s.path.to_string_lossy(), "reason": s.reason}))
-            .collect();
         let mut value = serde_json::to_value(report)?;
-        value["skipped"] = serde_json::Value::Array(skipped);
+        value["skipped"] = serde_json::to_value(&evaluation.skipped)?;
         serde_json::to_writer(&mut out, &value)?;
         writeln!(out)?;
     } else {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::atomic::check_writable;
 use crate::backbone::{Backbone, ModelSource, Overrides};
 use crate::bottleneck::{extract_all, Bottlenecks, Cache};
-use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
+use crate::dataset::{split_of, Dataset, Skipped, Split, FEW_IMAGES_WARNING};
 use crate::evaluate::Report;
 use crate::export::{retrained_graph, write_graph, write_labels};
 use crate::plots::{write_training_curves, CurvePoint};
@@ -50,7 +50,7 @@ pub struct RetrainOptions {
 pub struct RetrainSummary {
     pub labels: Vec<String>,
     pub images: usize,
-    pub skipped: Vec<SkippedFile>,
+    pub skipped: Vec<Skipped>,
     pub bottlenecks_cached: usize,
     pub bottlenecks_computed: usize,
     pub training_images: usize,
@@ -72,12 +72,6 @@ pub struct RetrainSummary {
     pub extraction_seconds: f64,
     pub training_seconds: f64,
     pub total_seconds: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SkippedFile {
-    pub path: String,
-    pub reason: String,
 }
 
 /// Runs the whole pipeline and writes the graph and labels.
@@ -136,10 +130,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         .skipped
         .iter()
         .chain(&extraction.failed)
-        .map(|s| SkippedFile {
-            path: s.path.display().to_string(),
-            reason: s.reason.clone(),
-        })
+        .cloned()
         .collect();
     Ok(RetrainSummary {
         labels: dataset.labels.clone(),
