@@ -1,0 +1,513 @@
+//! A vectorised depthwise convolution, swapped into the backbone's tract plan in place of
+//! tract's own.
+//!
+//! Why: profiling bottleneck extraction on MobileNet v1 showed tract's depthwise convolution
+//! taking about a quarter of inference time, most of it in the stride-2 layers, which tract
+//! runs one multiply at a time (its vector kernel only covers unit stride), and the rest in
+//! short rows. tract stays the engine: it loads, declutters, optimises and runs the model;
+//! this op is one more node type in its graph, used only for float depthwise convolutions
+//! whose geometry is fully known (see [`accelerate`]).
+//!
+//! How: each channel plane is copied once into a zero-padded scratch split into `stride`
+//! column phases, so every tap of every output row reads one contiguous run. An output row
+//! is then `bias + sum(tap * run)`, computed eight outputs at a time with AVX2 and FMA when
+//! the CPU has them, and with plain Rust otherwise. Results match tract's to float rounding.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Replaces every eligible depthwise convolution of `model` by [`Depthwise`]; returns how
+/// many were replaced. Run it on a decluttered model, before `into_optimized`.
+///
+/// Only CPUs with AVX2 and FMA get the swap: elsewhere (older x86, ARM, where tract has
+/// its own vector kernels) the portable path would not beat tract, so the plan is left as is.
+pub fn accelerate(model: &mut TypedModel) -> TractResult<usize> {
+    if !has_avx2_fma() {
+        return Ok(0);
+    }
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(geometry) = eligible(model, node)? else {
+            continue;
+        };
+        let op = Depthwise { geometry };
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+/// The geometry of `node` if it is a float depthwise convolution this op can run: batch one,
+/// channels first, constant OIHW kernel and bias, no dilation, concrete shapes.
+fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let channels = conv.input_channels();
+    let plain = conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && conv.group == channels
+        && conv.output_channels() == channels
+        && spec.kernel_shape.len() == 2
+        && spec.dilations().iter().all(|&d| d == 1)
+        && node.inputs.len() == 3;
+    if !plain {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let kernel = model.outlet_fact(node.inputs[1])?;
+    let bias = model.outlet_fact(node.inputs[2])?;
+    let Some(shape) = input.shape.as_concrete() else {
+        return Ok(None);
+    };
+    let batched = match (spec.data_format, shape.len()) {
+        (DataFormat::NCHW, 4) if shape[0] == 1 => true,
+        (DataFormat::CHW, 3) => false,
+        _ => return Ok(None),
+    };
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    let consts_fit = kernel.konst.as_ref().is_some_and(|k| k.shape() == [channels, 1, kh, kw])
+        && bias.konst.as_ref().is_some_and(|b| b.len() == channels);
+    if input.datum_type != f32::datum_type() || !consts_fit {
+        return Ok(None);
+    }
+    let hw = &shape[shape.len() - 2..];
+    let padded = spec.computed_padding(hw);
+    if padded.iter().any(|d| d.convoluted == 0) {
+        return Ok(None);
+    }
+    Ok(Some(Geometry {
+        batched,
+        channels,
+        height: hw[0],
+        width: hw[1],
+        kernel_h: kh,
+        kernel_w: kw,
+        stride_h: spec.stride(0),
+        stride_w: spec.stride(1),
+        pad_top: padded[0].pad_before,
+        pad_left: padded[1].pad_before,
+        out_h: padded[0].convoluted,
+        out_w: padded[1].convoluted,
+    }))
+}
+
+/// Everything about one depthwise layer that is fixed when the plan is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    /// Whether the tensors carry a leading batch axis of 1 (NCHW) or none (CHW).
+    pub batched: bool,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl Geometry {
+    /// Padded rows actually read by some output.
+    fn rows(&self) -> usize {
+        (self.out_h - 1) * self.stride_h + self.kernel_h
+    }
+
+    /// Width of one column phase of the padded scratch.
+    fn phase_width(&self) -> usize {
+        ((self.out_w - 1) * self.stride_w + self.kernel_w).div_ceil(self.stride_w)
+    }
+
+    fn scratch_len(&self) -> usize {
+        self.stride_w * self.rows() * self.phase_width()
+    }
+
+    /// Where tap `(ky, kx)` of output row 0 starts in the scratch, for every tap in
+    /// row-major kernel order; output row `oy` adds `oy * stride_h * phase_width`.
+    fn tap_offsets(&self) -> Vec<usize> {
+        let (rows, width) = (self.rows(), self.phase_width());
+        let mut offsets = Vec::with_capacity(self.kernel_h * self.kernel_w);
+        for ky in 0..self.kernel_h {
+            for kx in 0..self.kernel_w {
+                let phase = kx % self.stride_w;
+                offsets.push((phase * rows + ky) * width + kx / self.stride_w);
+            }
+        }
+        offsets
+    }
+
+    fn output_shape(&self) -> Vec<usize> {
+        let mut shape = vec![self.channels, self.out_h, self.out_w];
+        if self.batched {
+            shape.insert(0, 1);
+        }
+        shape
+    }
+
+    /// Copies channel plane `plane` into `scratch`: zero padding around it, columns split by
+    /// phase, so phase `p` holds padded columns `p, p + stride_w, p + 2 * stride_w, ...`.
+    #[inline(always)]
+    fn fill_scratch(&self, plane: &[f32], scratch: &mut [f32]) {
+        let (rows, width, stride) = (self.rows(), self.phase_width(), self.stride_w);
+        for phase in 0..stride {
+            // Phase columns j whose source column j * stride + phase - pad_left is inside.
+            let first = (self.pad_left.saturating_sub(phase)).div_ceil(stride).min(width);
+            let end = (self.width + self.pad_left)
+                .saturating_sub(phase)
+                .div_ceil(stride)
+                .clamp(first, width);
+            for r in 0..rows {
+                let dst = &mut scratch[(phase * rows + r) * width..][..width];
+                let y = r.wrapping_sub(self.pad_top);
+                if y >= self.height || first == end {
+                    dst.fill(0.0);
+                    continue;
+                }
+                dst[..first].fill(0.0);
+                dst[end..].fill(0.0);
+                let src = &plane[y * self.width..][..self.width];
+                let start = first * stride + phase - self.pad_left;
+                gather(&src[start..], &mut dst[first..end], stride);
+            }
+        }
+    }
+}
+
+/// `dst[j] = src[j * stride]` for every `j` of `dst`, with the common strides spelled out so
+/// they compile to block copies and vector shuffles rather than one load at a time.
+#[inline(always)]
+fn gather(src: &[f32], dst: &mut [f32], stride: usize) {
+    let Some(last) = dst.len().checked_sub(1) else {
+        return;
+    };
+    match stride {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 => {
+            let pairs = src[..2 * last].chunks_exact(2);
+            for (d, pair) in dst[..last].iter_mut().zip(pairs) {
+                *d = pair[0];
+            }
+            dst[last] = src[2 * last];
+        }
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+                *d = *s;
+            }
+        }
+    }
+}
+
+/// The depthwise convolution node: inputs are the data, the `[C, 1, KH, KW]` kernel and the
+/// `[C]` bias, as in tract's own `Conv`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Depthwise {
+    pub geometry: Geometry,
+}
+
+impl Op for Depthwise {
+    fn name(&self) -> StaticName {
+        "FlowersDepthwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}", self.geometry)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Depthwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (data, kernel, bias) = args_3!(inputs);
+        let data = data.try_as_plain_ram()?;
+        let kernel = kernel.try_as_plain_ram()?;
+        let bias = bias.try_as_plain_ram()?;
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.geometry.output_shape())? };
+        convolve(
+            &self.geometry,
+            data.as_slice::<f32>()?,
+            kernel.as_slice::<f32>()?,
+            bias.as_slice::<f32>()?,
+            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        );
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Depthwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 3, "depthwise takes data, kernel and bias");
+        Ok(tvec!(f32::fact(self.geometry.output_shape())))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let g = &self.geometry;
+        let fmas = g.channels * g.out_h * g.out_w * g.kernel_h * g.kernel_w;
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.into())))
+    }
+
+    as_op!();
+}
+
+/// Runs the whole layer: `data` is `C x H x W`, `kernel` `C x KH x KW`, `output`
+/// `C x OH x OW`.
+pub fn convolve(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32], output: &mut [f32]) {
+    let (taps, plane, out_plane) = (g.kernel_h * g.kernel_w, g.height * g.width, g.out_h * g.out_w);
+    assert!(data.len() == g.channels * plane && kernel.len() == g.channels * taps);
+    assert!(bias.len() == g.channels && output.len() == g.channels * out_plane);
+    let offsets = g.tap_offsets();
+    let mut scratch = vec![0f32; g.scratch_len()];
+    let fast = has_avx2_fma();
+    for c in 0..g.channels {
+        let plane = &data[c * plane..][..plane];
+        let taps = &kernel[c * taps..][..taps];
+        let out = &mut output[c * out_plane..][..out_plane];
+        if fast {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `has_avx2_fma` checked that this CPU has AVX2 and FMA.
+            unsafe {
+                x86::channel(g, &offsets, plane, taps, bias[c], &mut scratch, out)
+            }
+        } else {
+            generic_channel(g, &offsets, plane, taps, bias[c], &mut scratch, out);
+        }
+    }
+}
+
+/// Whether the AVX2 + FMA path may run.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One channel in portable Rust: the same scratch layout, one tap at a time over a row.
+fn generic_channel(
+    g: &Geometry,
+    offsets: &[usize],
+    plane: &[f32],
+    taps: &[f32],
+    bias: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    g.fill_scratch(plane, scratch);
+    let row_step = g.stride_h * g.phase_width();
+    for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
+        row.fill(bias);
+        for (&tap, &offset) in taps.iter().zip(offsets) {
+            let src = &scratch[oy * row_step + offset..][..g.out_w];
+            for (o, s) in row.iter_mut().zip(src) {
+                *o += tap * s;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Geometry;
+    use std::arch::x86_64::*;
+
+    /// Lane masks for a partial vector: `MASKS[8 - n..]` enables the first `n` lanes.
+    static MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// One channel with AVX2 + FMA; 3x3 kernels get a fully unrolled tap loop.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn channel(
+        g: &Geometry,
+        offsets: &[usize],
+        plane: &[f32],
+        taps: &[f32],
+        bias: f32,
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
+        g.fill_scratch(plane, scratch);
+        let row_step = g.stride_h * g.phase_width();
+        for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
+            let base = &scratch[oy * row_step..];
+            // Every read stays inside `base`: offset + out_w <= scratch row ends by construction.
+            debug_assert!(offsets.iter().all(|&o| o + g.out_w <= base.len()));
+            // SAFETY: the features are enabled on this function; reads are in bounds (above).
+            unsafe {
+                if taps.len() == 9 {
+                    row_fma::<9>(base, offsets, taps, bias, row);
+                } else {
+                    row_fma::<0>(base, offsets, taps, bias, row);
+                }
+            }
+        }
+    }
+
+    /// `row[i] = bias + sum_t taps[t] * base[offsets[t] + i]`, sixteen outputs per step,
+    /// then eight, then a masked step for the last few. `N` is the tap count when known (0 means read it
+    /// from `taps`), so the 3x3 case unrolls.
+    #[inline(always)]
+    unsafe fn row_fma<const N: usize>(
+        base: &[f32],
+        offsets: &[usize],
+        taps: &[f32],
+        bias: f32,
+        row: &mut [f32],
+    ) {
+        let n_taps = if N == 0 { taps.len() } else { N };
+        let (src, dst, len) = (base.as_ptr(), row.as_mut_ptr(), row.len());
+        unsafe {
+            let biasv = _mm256_set1_ps(bias);
+            let mut i = 0;
+            while i + 16 <= len {
+                let (mut a0, mut a1) = (biasv, biasv);
+                for t in 0..n_taps {
+                    let k = _mm256_set1_ps(*taps.get_unchecked(t));
+                    let p = src.add(*offsets.get_unchecked(t) + i);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), k, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), k, a1);
+                }
+                _mm256_storeu_ps(dst.add(i), a0);
+                _mm256_storeu_ps(dst.add(i + 8), a1);
+                i += 16;
+            }
+            if i + 8 <= len {
+                let mut a = biasv;
+                for t in 0..n_taps {
+                    let k = _mm256_set1_ps(*taps.get_unchecked(t));
+                    let p = src.add(*offsets.get_unchecked(t) + i);
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(p), k, a);
+                }
+                _mm256_storeu_ps(dst.add(i), a);
+                i += 8;
+            }
+            if i < len {
+                // Masked loads never touch the disabled lanes; the store goes through a
+                // buffer because AMD's masked store is microcoded and slow.
+                let lanes = len - i;
+                let mask = _mm256_loadu_si256(MASKS.as_ptr().add(8 - lanes) as *const __m256i);
+                let mut a = biasv;
+                for t in 0..n_taps {
+                    let k = _mm256_set1_ps(*taps.get_unchecked(t));
+                    let p = src.add(*offsets.get_unchecked(t) + i);
+                    a = _mm256_fmadd_ps(_mm256_maskload_ps(p, mask), k, a);
+                }
+                let mut buffer = [0f32; 8];
+                _mm256_storeu_ps(buffer.as_mut_ptr(), a);
+                std::ptr::copy_nonoverlapping(buffer.as_ptr(), dst.add(i), lanes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, written as plainly as possible.
+    fn reference(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; g.channels * g.out_h * g.out_w];
+        for c in 0..g.channels {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let mut sum = bias[c] as f64;
+                    for ky in 0..g.kernel_h {
+                        for kx in 0..g.kernel_w {
+                            let y = (oy * g.stride_h + ky) as isize - g.pad_top as isize;
+                            let x = (ox * g.stride_w + kx) as isize - g.pad_left as isize;
+                            if y < 0 || x < 0 || y >= g.height as isize || x >= g.width as isize {
+                                continue;
+                            }
+                            let v = data[(c * g.height + y as usize) * g.width + x as usize];
+                            let k = kernel[(c * g.kernel_h + ky) * g.kernel_w + kx];
+                            sum += (v * k) as f64;
+                        }
+                    }
+                    out[(c * g.out_h + oy) * g.out_w + ox] = sum as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn geometry(size: (usize, usize), kernel: usize, stride: usize, pads: [usize; 4]) -> Geometry {
+        let [top, left, bottom, right] = pads;
+        Geometry {
+            batched: true,
+            channels: 3,
+            height: size.0,
+            width: size.1,
+            kernel_h: kernel,
+            kernel_w: kernel,
+            stride_h: stride,
+            stride_w: stride,
+            pad_top: top,
+            pad_left: left,
+            out_h: (size.0 + top + bottom - kernel) / stride + 1,
+            out_w: (size.1 + left + right - kernel) / stride + 1,
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn matches_the_definition_for_every_geometry_and_path() {
+        let cases = [
+            geometry((112, 112), 3, 1, [1, 1, 1, 1]),
+            geometry((112, 112), 3, 2, [0, 0, 1, 1]),
+            geometry((7, 7), 3, 1, [1, 1, 1, 1]),
+            geometry((14, 14), 3, 2, [0, 0, 1, 1]),
+            geometry((13, 17), 3, 2, [1, 1, 1, 1]),
+            geometry((9, 33), 5, 1, [2, 2, 2, 2]),
+            geometry((20, 23), 5, 2, [1, 2, 2, 1]),
+            geometry((6, 6), 3, 3, [0, 0, 0, 0]),
+            geometry((1, 1), 3, 1, [1, 1, 1, 1]),
+        ];
+        for g in cases {
+            let data = values(g.channels * g.height * g.width, 7);
+            let kernel = values(g.channels * g.kernel_h * g.kernel_w, 11);
+            let bias = values(g.channels, 13);
+            let expected = reference(&g, &data, &kernel, &bias);
+            let mut fast = vec![f32::NAN; expected.len()];
+            convolve(&g, &data, &kernel, &bias, &mut fast);
+            let mut portable = vec![f32::NAN; expected.len()];
+            let (offsets, mut scratch) = (g.tap_offsets(), vec![0f32; g.scratch_len()]);
+            let (plane, out_plane, taps) =
+                (g.height * g.width, g.out_h * g.out_w, g.kernel_h * g.kernel_w);
+            for c in 0..g.channels {
+                generic_channel(
+                    &g,
+                    &offsets,
+                    &data[c * plane..][..plane],
+                    &kernel[c * taps..][..taps],
+                    bias[c],
+                    &mut scratch,
+                    &mut portable[c * out_plane..][..out_plane],
+                );
+            }
+            for (i, e) in expected.iter().enumerate() {
+                assert!((fast[i] - e).abs() < 1e-5, "{g:?} fast [{i}] {} vs {e}", fast[i]);
+                assert!((portable[i] - e).abs() < 1e-5, "{g:?} portable [{i}] {} vs {e}", portable[i]);
+            }
+        }
+    }
+}
