@@ -12,14 +12,16 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::backbone::{hex, Backbone, Plan};
 use crate::dataset::{io_reason, ImageEntry, Skipped};
+use crate::matrix::{BottleneckMatrix, MatrixWriter};
 use crate::progress::{shown, Progress};
 
 const MAGIC: &[u8; 8] = b"FLWRBN01";
@@ -115,51 +117,74 @@ pub struct ExtractionReport {
     pub elapsed: Duration,
 }
 
-/// Bottleneck vectors of a list of images; `None` where the image could not be used.
+/// The bottleneck of every image: row `i` of `matrix` belongs to image `i` of the list
+/// given to [`extract_all`]; rows of images that could not be used are zero, and absent.
 pub struct Bottlenecks {
-    pub dim: usize,
-    pub vectors: Vec<Option<Vec<f32>>>,
+    pub matrix: BottleneckMatrix,
+    pub present: Vec<bool>,
+}
+
+impl Bottlenecks {
+    pub fn dim(&self) -> usize {
+        self.matrix.dim()
+    }
+
+    /// Image `index`'s bottleneck, if it has one.
+    pub fn get(&self, index: usize) -> Option<&[f32]> {
+        self.present[index].then(|| self.matrix.row(index))
+    }
 }
 
 /// Gets the bottleneck of every image, from the cache where possible, computing the rest on
 /// the current rayon pool. Images that cannot be read or decoded are reported, not fatal.
+/// Vectors go straight into a file-backed [`BottleneckMatrix`], so memory does not grow
+/// with the number of images.
 pub fn extract_all(
     images: &[ImageEntry],
     backbone: &Backbone,
     cache: &Cache,
 ) -> Result<(Bottlenecks, ExtractionReport)> {
     let start = Instant::now();
-    let mut report = ExtractionReport::default();
-    // Phase 1: hash every image and look it up (cheap: no model is loaded on a warm run).
-    let lookups: Vec<Lookup> = images
+    // Phase 1: hash every image; cached vectors go straight into the matrix, which takes
+    // its width from the first one (so a warm run loads no model).
+    let matrix = LazyMatrix::new(cache.dir(), images.len());
+    let mut lookups: Vec<Lookup> = images
         .par_iter()
-        .map(|image| lookup(image, cache))
+        .enumerate()
+        .map(|(row, image)| lookup(row, image, cache, &matrix))
         .collect();
     let misses = lookups
         .iter()
         .filter(|l| matches!(l, Lookup::Miss(_)))
         .count();
-    // The model is loaded only when something must be computed, or no entry tells the size.
-    let (plan, dim) = match (misses, consistent_dim(&lookups)) {
-        (0, Some(dim)) => (None, dim),
-        _ => {
+    let (plan, writer) = match (misses, matrix.take()?) {
+        (0, Some(writer)) => (None, writer),
+        (_, cached) => {
             let plan = backbone.extractor()?;
-            let dim = plan.output_len;
-            (Some(plan), dim)
+            let writer = match cached {
+                Some(writer) if writer.dim() == plan.output_len => writer,
+                _ => {
+                    // No entry, or entries of another width: every vector is computed.
+                    lookups = lookups.into_iter().map(Lookup::into_miss).collect();
+                    MatrixWriter::create(cache.dir(), images.len(), plan.output_len)?
+                }
+            };
+            (Some(plan), writer)
         }
     };
-    // Phase 2: compute what is missing or of the wrong length.
+    // Phase 2: compute what is missing.
     let progress = Progress::new(images.len() as u64, "bottlenecks");
-    let results: Vec<Result<(Vec<f32>, bool), String>> = images
+    let results: Vec<Result<bool, String>> = images
         .par_iter()
+        .enumerate()
         .zip(lookups.into_par_iter())
-        .map(|(image, lookup)| {
+        .map(|((row, image), lookup)| {
             let result = match lookup {
-                Lookup::Hit(vector) if vector.len() == dim => Ok((vector, true)),
-                Lookup::Hit(_) => compute(image, None, plan.as_ref(), cache).map(|v| (v, false)),
-                Lookup::Miss(sha) => {
-                    compute(image, Some(sha), plan.as_ref(), cache).map(|v| (v, false))
-                }
+                Lookup::Hit(_) => Ok(true),
+                Lookup::Miss(sha) => compute(image, sha, plan.as_ref(), cache).map(|vector| {
+                    writer.write_row(row, &vector);
+                    false
+                }),
                 Lookup::Unreadable(reason) => Err(reason),
             };
             if let Err(reason) = &result {
@@ -170,69 +195,96 @@ pub fn extract_all(
         })
         .collect();
     progress.finish();
-    let mut vectors = Vec::with_capacity(images.len());
+    let mut report = ExtractionReport::default();
+    let mut present = Vec::with_capacity(images.len());
     for (image, result) in images.iter().zip(results) {
+        present.push(result.is_ok());
         match result {
-            Ok((vector, cached)) => {
-                if cached {
-                    report.cached += 1;
-                } else {
-                    report.computed += 1;
-                }
-                vectors.push(Some(vector));
-            }
-            Err(reason) => {
-                report.failed.push(Skipped {
-                    path: image.path.clone(),
-                    reason,
-                });
-                vectors.push(None);
-            }
+            Ok(true) => report.cached += 1,
+            Ok(false) => report.computed += 1,
+            Err(reason) => report.failed.push(Skipped {
+                path: image.path.clone(),
+                reason,
+            }),
         }
     }
     report.elapsed = start.elapsed();
-    Ok((Bottlenecks { dim, vectors }, report))
+    let matrix = writer.finish()?;
+    Ok((Bottlenecks { matrix, present }, report))
 }
 
 enum Lookup {
-    Hit(Vec<f32>),
+    Hit([u8; 32]),
     Miss([u8; 32]),
     Unreadable(String),
 }
 
-fn lookup(image: &ImageEntry, cache: &Cache) -> Lookup {
+impl Lookup {
+    fn into_miss(self) -> Lookup {
+        match self {
+            Lookup::Hit(sha) => Lookup::Miss(sha),
+            other => other,
+        }
+    }
+}
+
+/// The matrix of phase 1, created when the first cached vector tells its width.
+struct LazyMatrix<'a> {
+    dir: &'a Path,
+    rows: usize,
+    cell: OnceLock<Result<MatrixWriter, String>>,
+}
+
+impl<'a> LazyMatrix<'a> {
+    fn new(dir: &'a Path, rows: usize) -> LazyMatrix<'a> {
+        LazyMatrix {
+            dir,
+            rows,
+            cell: OnceLock::new(),
+        }
+    }
+
+    /// Stores `vector` as row `row` if the matrix has (or can be given) its width.
+    fn store(&self, row: usize, vector: &[f32]) -> bool {
+        let created = self.cell.get_or_init(|| {
+            MatrixWriter::create(self.dir, self.rows, vector.len()).map_err(|e| format!("{e:#}"))
+        });
+        match created {
+            Ok(writer) if writer.dim() == vector.len() => {
+                writer.write_row(row, vector);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take(self) -> Result<Option<MatrixWriter>> {
+        self.cell.into_inner().transpose().map_err(|e| anyhow!(e))
+    }
+}
+
+fn lookup(row: usize, image: &ImageEntry, cache: &Cache, matrix: &LazyMatrix) -> Lookup {
     match fs::read(&image.path) {
         Ok(bytes) => {
             let sha: [u8; 32] = Sha256::digest(&bytes).into();
             match cache.read(&sha) {
-                Some(vector) => Lookup::Hit(vector),
-                None => Lookup::Miss(sha),
+                Some(vector) if matrix.store(row, &vector) => Lookup::Hit(sha),
+                _ => Lookup::Miss(sha),
             }
         }
         Err(e) => Lookup::Unreadable(format!("cannot read: {}", io_reason(&e))),
     }
 }
 
-/// The length shared by all cache hits, if they agree.
-fn consistent_dim(lookups: &[Lookup]) -> Option<usize> {
-    let mut lengths = lookups.iter().filter_map(|l| match l {
-        Lookup::Hit(v) => Some(v.len()),
-        _ => None,
-    });
-    let first = lengths.next()?;
-    lengths.all(|len| len == first).then_some(first)
-}
-
 /// Reads, decodes and runs one image through the backbone, then caches the vector.
 fn compute(
     image: &ImageEntry,
-    known_sha: Option<[u8; 32]>,
+    sha: [u8; 32],
     plan: Option<&Plan>,
     cache: &Cache,
 ) -> Result<Vec<f32>, String> {
     let plan = plan.expect("a plan is loaded whenever an entry must be computed");
     let bytes = fs::read(&image.path).map_err(|e| format!("cannot read: {}", io_reason(&e)))?;
-    let sha: [u8; 32] = known_sha.unwrap_or_else(|| Sha256::digest(&bytes).into());
     let input = plan.preprocessing.tensor_from_bytes(&bytes)?;
     let vector = plan
         .run(input)

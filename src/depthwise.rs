@@ -71,7 +71,10 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry
         _ => return Ok(None),
     };
     let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    let consts_fit = kernel.konst.as_ref().is_some_and(|k| k.shape() == [channels, 1, kh, kw])
+    let consts_fit = kernel
+        .konst
+        .as_ref()
+        .is_some_and(|k| k.shape() == [channels, 1, kh, kw])
         && bias.konst.as_ref().is_some_and(|b| b.len() == channels);
     if input.datum_type != f32::datum_type() || !consts_fit {
         return Ok(None);
@@ -159,7 +162,9 @@ impl Geometry {
         let (rows, width, stride) = (self.rows(), self.phase_width(), self.stride_w);
         for phase in 0..stride {
             // Phase columns j whose source column j * stride + phase - pad_left is inside.
-            let first = (self.pad_left.saturating_sub(phase)).div_ceil(stride).min(width);
+            let first = (self.pad_left.saturating_sub(phase))
+                .div_ceil(stride)
+                .min(width);
             let end = (self.width + self.pad_left)
                 .saturating_sub(phase)
                 .div_ceil(stride)
@@ -266,7 +271,11 @@ impl TypedOp for Depthwise {
 /// Runs the whole layer: `data` is `C x H x W`, `kernel` `C x KH x KW`, `output`
 /// `C x OH x OW`.
 pub fn convolve(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32], output: &mut [f32]) {
-    let (taps, plane, out_plane) = (g.kernel_h * g.kernel_w, g.height * g.width, g.out_h * g.out_w);
+    let (taps, plane, out_plane) = (
+        g.kernel_h * g.kernel_w,
+        g.height * g.width,
+        g.out_h * g.out_w,
+    );
     assert!(data.len() == g.channels * plane && kernel.len() == g.channels * taps);
     assert!(bias.len() == g.channels && output.len() == g.channels * out_plane);
     let offsets = g.tap_offsets();
@@ -466,7 +475,9 @@ mod tests {
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     #[test]
@@ -491,8 +502,11 @@ mod tests {
             convolve(&g, &data, &kernel, &bias, &mut fast);
             let mut portable = vec![f32::NAN; expected.len()];
             let (offsets, mut scratch) = (g.tap_offsets(), vec![0f32; g.scratch_len()]);
-            let (plane, out_plane, taps) =
-                (g.height * g.width, g.out_h * g.out_w, g.kernel_h * g.kernel_w);
+            let (plane, out_plane, taps) = (
+                g.height * g.width,
+                g.out_h * g.out_w,
+                g.kernel_h * g.kernel_w,
+            );
             for c in 0..g.channels {
                 generic_channel(
                     &g,
@@ -505,8 +519,16 @@ mod tests {
                 );
             }
             for (i, e) in expected.iter().enumerate() {
-                assert!((fast[i] - e).abs() < 1e-5, "{g:?} fast [{i}] {} vs {e}", fast[i]);
-                assert!((portable[i] - e).abs() < 1e-5, "{g:?} portable [{i}] {} vs {e}", portable[i]);
+                assert!(
+                    (fast[i] - e).abs() < 1e-5,
+                    "{g:?} fast [{i}] {} vs {e}",
+                    fast[i]
+                );
+                assert!(
+                    (portable[i] - e).abs() < 1e-5,
+                    "{g:?} portable [{i}] {} vs {e}",
+                    portable[i]
+                );
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod depthwise;
 pub mod evaluate;
 pub mod export;
 pub mod label;
+pub mod matrix;
 pub mod plots;
 pub mod preprocess;
 pub mod progress;

@@ -2,10 +2,10 @@
 //! This module only sequences the steps and reports; each step lives in its own module.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -271,20 +271,20 @@ fn report_dataset(dataset: &Dataset) {
     ));
 }
 
-/// Splits the usable bottlenecks into training, validation and test examples.
-/// Consumes the vectors one by one, so they are never held twice.
+/// Splits the usable bottlenecks into training, validation and test examples, which share
+/// the one bottleneck matrix.
 fn split_examples(
     dataset: &Dataset,
     bottlenecks: Bottlenecks,
     options: &RetrainOptions,
 ) -> Result<[Examples; 3]> {
-    let dim = bottlenecks.dim;
     let class_count = dataset.labels.len();
-    let mut rows: [(Vec<f32>, Vec<usize>, Vec<usize>); 3] = Default::default();
+    let mut rows: [(Vec<usize>, Vec<usize>); 3] = Default::default();
     let mut usable = vec![0usize; class_count];
-    let vectors = bottlenecks.vectors.into_iter();
-    for (index, (image, vector)) in dataset.images.iter().zip(vectors).enumerate() {
-        let Some(vector) = vector else { continue };
+    for (index, image) in dataset.images.iter().enumerate() {
+        if !bottlenecks.present[index] {
+            continue;
+        }
         usable[image.class] += 1;
         let split = split_of(
             &image.relative,
@@ -292,9 +292,8 @@ fn split_examples(
             options.testing_percentage,
         );
         let slot = &mut rows[split as usize];
-        slot.0.extend_from_slice(&vector);
+        slot.0.push(index);
         slot.1.push(image.class);
-        slot.2.push(index);
     }
     if let Some(class) = usable.iter().position(|&n| n == 0) {
         bail!(
@@ -303,12 +302,9 @@ fn split_examples(
             shown(&dataset.root.join(&dataset.labels[class]))
         );
     }
-    let examples = rows.map(|(features, labels, origin)| {
-        let n = labels.len();
-        let features =
-            Array2::from_shape_vec((n, dim), features).expect("each row has the bottleneck size");
-        Examples::new(features, labels, class_count).with_origin(origin)
-    });
+    let matrix = Arc::new(bottlenecks.matrix);
+    let examples =
+        rows.map(|(rows, labels)| Examples::new(matrix.clone(), rows, labels, class_count));
     warn_about_empty_splits(dataset, &examples);
     if examples[Split::Training as usize].is_empty() {
         bail!("no training images: lower --testing-percentage and --validation-percentage");
@@ -371,7 +367,7 @@ fn test_sample(testing: &Examples, options: &RetrainOptions) -> Option<Examples>
 
 /// The classification report of the final layer on a set of examples.
 fn report_on(layer: &FinalLayer, examples: &Examples, dataset: &Dataset) -> Report {
-    let probabilities = layer.probabilities(examples.features.view());
+    let probabilities = layer.probabilities_of(examples);
     let names: Vec<String> = examples
         .origin
         .iter()

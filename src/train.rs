@@ -1,51 +1,74 @@
 //! The new final layer (a softmax classifier on bottlenecks), trained by a hand-written
 //! mini-batch SGD loop over ndarray, with retrain.py's class-balanced sampling.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use std::sync::Arc;
+
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::dataset::MAX_NUM_IMAGES_PER_CLASS;
+use crate::matrix::BottleneckMatrix;
 
-/// Bottlenecks of one split, one row per image, with their class indices.
+/// Bottlenecks of one split: rows of a shared bottleneck matrix, with their class indices.
+/// Cloning or sampling copies row indices, never bottleneck values.
 #[derive(Clone, Debug)]
 pub struct Examples {
-    pub features: Array2<f32>,
-    pub labels: Vec<usize>,
-    /// Where each row came from (an index into the caller's image list).
+    matrix: Arc<BottleneckMatrix>,
+    /// The matrix row of each example (in retrain, the image's index in the dataset).
     pub origin: Vec<usize>,
-    /// Row indices of each class, for class-balanced sampling.
+    pub labels: Vec<usize>,
+    /// Example indices of each class, for class-balanced sampling.
     by_class: Vec<Vec<usize>>,
 }
 
+/// Rows gathered at a time when a whole split is evaluated, so evaluation memory does
+/// not grow with the split (4096 rows of 1024 floats: 16 MB).
+const EVALUATION_CHUNK: usize = 4096;
+
 impl Examples {
-    pub fn new(features: Array2<f32>, labels: Vec<usize>, class_count: usize) -> Examples {
-        assert_eq!(features.nrows(), labels.len(), "one label per row");
+    /// Examples made of matrix rows `rows`, of classes `labels`.
+    pub fn new(
+        matrix: Arc<BottleneckMatrix>,
+        rows: Vec<usize>,
+        labels: Vec<usize>,
+        class_count: usize,
+    ) -> Examples {
+        assert_eq!(rows.len(), labels.len(), "one label per row");
+        assert!(
+            rows.iter().all(|&r| r < matrix.rows()),
+            "rows inside the matrix"
+        );
         let mut by_class = vec![Vec::new(); class_count];
-        for (row, &label) in labels.iter().enumerate() {
-            by_class[label].push(row);
+        for (example, &label) in labels.iter().enumerate() {
+            by_class[label].push(example);
         }
         Examples {
-            origin: (0..labels.len()).collect(),
-            features,
+            matrix,
+            origin: rows,
             labels,
             by_class,
         }
     }
 
-    /// Records where each row came from.
-    pub fn with_origin(mut self, origin: Vec<usize>) -> Examples {
-        assert_eq!(origin.len(), self.labels.len(), "one origin per row");
-        self.origin = origin;
-        self
+    /// Examples held in memory, one per row of `features`.
+    pub fn from_array(features: Array2<f32>, labels: Vec<usize>, class_count: usize) -> Examples {
+        let rows = (0..features.nrows()).collect();
+        let matrix = Arc::new(BottleneckMatrix::from_array(features));
+        Examples::new(matrix, rows, labels, class_count)
+    }
+
+    /// The bottleneck size.
+    pub fn dim(&self) -> usize {
+        self.matrix.dim()
     }
 
     /// A class-balanced sample with replacement, as retrain.py draws its batches.
     pub fn sample(&self, count: usize, rng: &mut impl Rng) -> Examples {
-        let rows = self.sample_rows(count, rng);
-        let (features, labels) = self.gather(&rows);
-        let origin = rows.iter().map(|&r| self.origin[r]).collect();
-        Examples::new(features, labels, self.by_class.len()).with_origin(origin)
+        let picks = self.sample_rows(count, rng);
+        let rows = picks.iter().map(|&e| self.origin[e]).collect();
+        let labels = picks.iter().map(|&e| self.labels[e]).collect();
+        Examples::new(self.matrix.clone(), rows, labels, self.by_class.len())
     }
 
     pub fn len(&self) -> usize {
@@ -63,6 +86,16 @@ impl Examples {
             .collect()
     }
 
+    /// The features of every example, a bounded number of rows at a time: each item is the
+    /// index of its first example and the gathered rows.
+    pub fn feature_chunks(&self) -> impl Iterator<Item = (usize, Array2<f32>)> + '_ {
+        (0..self.len()).step_by(EVALUATION_CHUNK).map(|start| {
+            let end = (start + EVALUATION_CHUNK).min(self.len());
+            let picks: Vec<usize> = (start..end).collect();
+            (start, self.gather(&picks).0)
+        })
+    }
+
     /// retrain.py's sampling: pick a class uniformly, then an image of it uniformly, with
     /// replacement. Classes without examples are never picked.
     fn sample_rows(&self, count: usize, rng: &mut impl Rng) -> Vec<usize> {
@@ -76,9 +109,11 @@ impl Examples {
             .collect()
     }
 
-    fn gather(&self, rows: &[usize]) -> (Array2<f32>, Vec<usize>) {
-        let features = self.features.select(Axis(0), rows);
-        let labels = rows.iter().map(|&r| self.labels[r]).collect();
+    /// Features and labels of the examples `picks`.
+    fn gather(&self, picks: &[usize]) -> (Array2<f32>, Vec<usize>) {
+        let rows: Vec<usize> = picks.iter().map(|&e| self.origin[e]).collect();
+        let features = self.matrix.view().select(Axis(0), &rows);
+        let labels = picks.iter().map(|&e| self.labels[e]).collect();
         (features, labels)
     }
 }
@@ -114,6 +149,17 @@ impl FinalLayer {
             row /= sum;
         }
         logits
+    }
+
+    /// Class probabilities of every example, one row each, computed a chunk at a time.
+    pub fn probabilities_of(&self, examples: &Examples) -> Array2<f32> {
+        let mut all = Array2::zeros((examples.len(), self.biases.len()));
+        for (start, features) in examples.feature_chunks() {
+            let chunk = self.probabilities(features.view());
+            all.slice_mut(s![start..start + chunk.nrows(), ..])
+                .assign(&chunk);
+        }
+        all
     }
 
     /// One SGD step on a batch: the gradient of the mean cross entropy is
@@ -226,7 +272,7 @@ pub fn train(
     mut on_evaluation: impl FnMut(&Evaluation, &FinalLayer),
 ) -> FinalLayer {
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let mut layer = FinalLayer::new(training.features.ncols(), class_count, &mut rng);
+    let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
     for step in 0..options.steps {
         let rows = training.sample_rows(options.train_batch_size, &mut rng);
         let (features, labels) = training.gather(&rows);
@@ -257,7 +303,7 @@ fn validate(
     }
     let (probabilities, labels) = match options.validation_batch_size {
         None => (
-            layer.probabilities(validation.features.view()),
+            layer.probabilities_of(validation),
             validation.labels.clone(),
         ),
         Some(size) => {
@@ -293,7 +339,7 @@ mod tests {
                 labels.push(class);
             }
         }
-        Examples::new(features, labels, classes)
+        Examples::from_array(features, labels, classes)
     }
 
     fn options(steps: usize) -> TrainingOptions {
@@ -315,7 +361,7 @@ mod tests {
         let layer = train(&training, &validation, 3, &options(300), |e, _| {
             last = Some(e.clone())
         });
-        let probabilities = layer.probabilities(validation.features.view());
+        let probabilities = layer.probabilities_of(&validation);
         assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
         let last = last.unwrap();
         assert_eq!(last.step, 299);
@@ -327,7 +373,7 @@ mod tests {
     #[test]
     fn training_is_reproducible_with_a_seed() {
         let training = blobs(20, 3);
-        let empty = Examples::new(Array2::zeros((0, 8)), vec![], 3);
+        let empty = Examples::from_array(Array2::zeros((0, 8)), vec![], 3);
         let a = train(&training, &empty, 3, &options(50), |_, _| {});
         let b = train(&training, &empty, 3, &options(50), |_, _| {});
         assert_eq!(a, b);

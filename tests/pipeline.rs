@@ -11,7 +11,6 @@ use flowers::dataset::Dataset;
 use flowers::export::{retrained_graph, write_graph};
 use flowers::label::RetrainedGraph;
 use flowers::train::FinalLayer;
-use ndarray::Array2;
 use prost::Message;
 use rand::SeedableRng;
 
@@ -56,23 +55,26 @@ fn cache_is_keyed_by_image_content_and_model() {
 
     let (first, report) = extract_all(&dataset.images, &backbone, &cache).unwrap();
     assert_eq!((report.cached, report.computed), (0, 4));
-    assert_eq!(first.dim, 1024);
+    assert_eq!(first.dim(), 1024);
     let (second, report) = extract_all(&dataset.images, &backbone, &cache).unwrap();
     assert_eq!((report.cached, report.computed), (4, 0));
-    assert_eq!(first.vectors, second.vectors);
+    assert_eq!(first.matrix.view(), second.matrix.view());
+    assert!(first.present.iter().all(|&p| p));
 
     // Edit one image (same name, other pixels): only it is recomputed, to a new vector.
     let edited = &dataset.images[0].path;
     fs::copy(common::sample_image("tulips"), edited).unwrap();
     let (third, report) = extract_all(&dataset.images, &backbone, &cache).unwrap();
     assert_eq!((report.cached, report.computed), (3, 1));
-    assert_ne!(third.vectors[0], first.vectors[0]);
-    assert_eq!(third.vectors[1..], first.vectors[1..]);
+    assert_ne!(third.get(0), first.get(0));
+    for i in 1..4 {
+        assert_eq!(third.get(i), first.get(i));
+    }
     // Content is the key: a file with the same bytes as a cached one is a hit.
     fs::copy(&dataset.images[3].path, edited).unwrap();
     let (fourth, report) = extract_all(&dataset.images, &backbone, &cache).unwrap();
     assert_eq!((report.cached, report.computed), (4, 0));
-    assert_eq!(fourth.vectors[0], first.vectors[3]);
+    assert_eq!(fourth.get(0), first.get(3));
 
     // Another model file (the same network with different bytes) never reuses vectors.
     let mut proto = flowers::backbone::decode_model(DEFAULT_MODEL, "default").unwrap();
@@ -98,7 +100,7 @@ fn exported_graph_gives_the_trained_layers_probabilities() {
 
     // A layer with non-trivial weights, so the comparison means something.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let mut layer = FinalLayer::new(bottlenecks.dim, 3, &mut rng);
+    let mut layer = FinalLayer::new(bottlenecks.dim(), 3, &mut rng);
     layer.weights.mapv_inplace(|w| w * 30.0);
     layer.biases = ndarray::arr1(&[0.1, -0.2, 0.05]);
 
@@ -109,14 +111,8 @@ fn exported_graph_gives_the_trained_layers_probabilities() {
     assert_eq!(graph.labels, dataset.labels);
     assert_eq!(graph.preprocessing, backbone.preprocessing);
 
-    let rows: Vec<f32> = bottlenecks
-        .vectors
-        .iter()
-        .flatten()
-        .flatten()
-        .copied()
-        .collect();
-    let features = Array2::from_shape_vec((dataset.images.len(), bottlenecks.dim), rows).unwrap();
+    assert!(bottlenecks.present.iter().all(|&p| p));
+    let features = bottlenecks.matrix.view();
     let expected = layer.probabilities(features.view());
     let mut largest = 0.0f32;
     for (row, image) in dataset.images.iter().enumerate() {

@@ -1,0 +1,71 @@
+//! Times the embedded backbone in tract with tract's own depthwise convolution and with
+//! flowers' (`flowers::depthwise`), on one thread and on two threads sharing one plan, and
+//! prints the largest difference between their outputs.
+//!
+//!     cargo run --release --example backbone_speed [RUNS]
+//!
+//! Environment variables of tract apply, e.g. `TRACT_CPU_ISA=-avx512f` to try its AVX2
+//! matrix kernels instead of the 512-bit ones.
+use std::sync::Arc;
+use std::time::Instant;
+
+use tract_onnx::prelude::*;
+
+fn plan(accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &flowers::backbone::DEFAULT_MODEL[..])?
+        .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())?
+        .with_outputs_by_name(["features"])?
+        .into_typed()?
+        .into_decluttered()?;
+    if accelerated {
+        flowers::depthwise::accelerate(&mut model)?;
+    }
+    model.into_optimized()?.into_runnable()
+}
+
+/// Milliseconds per image when `threads` threads run `runs` images each.
+fn time(plan: &Arc<TypedRunnableModel>, input: &Tensor, threads: usize, runs: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..runs {
+                    plan.run(tvec!(input.clone().into())).expect("inference");
+                }
+            });
+        }
+    });
+    start.elapsed().as_secs_f64() * 1000.0 / (threads * runs) as f64
+}
+
+fn main() -> TractResult<()> {
+    let runs: usize = std::env::args().nth(1).map_or(Ok(40), |s| s.parse())?;
+    let input: Tensor =
+        tract_ndarray::Array4::<f32>::from_shape_fn((1, 3, 224, 224), |(_, c, y, x)| {
+            ((c * 7 + y * 3 + x) % 255) as f32 / 128.0 - 1.0
+        })
+        .into();
+    let mut outputs = vec![];
+    for (name, accelerated) in [("tract depthwise", false), ("flowers depthwise", true)] {
+        let plan = plan(accelerated)?;
+        let output = plan.run(tvec!(input.clone().into()))?.remove(0);
+        outputs.push(
+            output
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect::<Vec<f32>>(),
+        );
+        let one = time(&plan, &input, 1, runs);
+        let two = time(&plan, &input, 2, runs);
+        println!("{name:18} 1 thread {one:5.1} ms/image   2 threads {two:5.1} ms/image");
+    }
+    let difference = outputs[0]
+        .iter()
+        .zip(&outputs[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("largest output difference {difference:e}");
+    Ok(())
+}
