@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -157,7 +157,7 @@ pub fn extract_all(
         .iter()
         .filter(|l| matches!(l, Lookup::Miss(_)))
         .count();
-    let (plan, writer) = match (misses, matrix.take()?) {
+    let (plan, writer) = match (misses, matrix.take()) {
         (0, Some(writer)) => (None, writer),
         (_, cached) => {
             let plan = backbone.extractor()?;
@@ -166,7 +166,7 @@ pub fn extract_all(
                 _ => {
                     // No entry, or entries of another width: every vector is computed.
                     lookups = lookups.into_iter().map(Lookup::into_miss).collect();
-                    MatrixWriter::create(cache.dir(), images.len(), plan.output_len)?
+                    MatrixWriter::create(cache.dir(), images.len(), plan.output_len)
                 }
             };
             (Some(plan), writer)
@@ -232,7 +232,7 @@ impl Lookup {
 struct LazyMatrix<'a> {
     dir: &'a Path,
     rows: usize,
-    cell: OnceLock<Result<MatrixWriter, String>>,
+    cell: OnceLock<MatrixWriter>,
 }
 
 impl<'a> LazyMatrix<'a> {
@@ -246,20 +246,18 @@ impl<'a> LazyMatrix<'a> {
 
     /// Stores `vector` as row `row` if the matrix has (or can be given) its width.
     fn store(&self, row: usize, vector: &[f32]) -> bool {
-        let created = self.cell.get_or_init(|| {
-            MatrixWriter::create(self.dir, self.rows, vector.len()).map_err(|e| format!("{e:#}"))
-        });
-        match created {
-            Ok(writer) if writer.dim() == vector.len() => {
-                writer.write_row(row, vector);
-                true
-            }
-            _ => false,
+        let writer = self
+            .cell
+            .get_or_init(|| MatrixWriter::create(self.dir, self.rows, vector.len()));
+        let fits = writer.dim() == vector.len();
+        if fits {
+            writer.write_row(row, vector);
         }
+        fits
     }
 
-    fn take(self) -> Result<Option<MatrixWriter>> {
-        self.cell.into_inner().transpose().map_err(|e| anyhow!(e))
+    fn take(self) -> Option<MatrixWriter> {
+        self.cell.into_inner()
     }
 }
 

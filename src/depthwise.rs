@@ -480,6 +480,70 @@ mod tests {
             .collect()
     }
 
+    /// The embedded backbone, decluttered, with or without this op.
+    fn backbone_plan(accelerated: bool) -> (usize, std::sync::Arc<TypedRunnableModel>) {
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &crate::backbone::DEFAULT_MODEL[..])
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+            .unwrap()
+            .with_outputs_by_name(["features"])
+            .unwrap()
+            .into_typed()
+            .unwrap()
+            .into_decluttered()
+            .unwrap();
+        let replaced = if accelerated {
+            accelerate(&mut model).unwrap()
+        } else {
+            0
+        };
+        (
+            replaced,
+            model.into_optimized().unwrap().into_runnable().unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_backbone_gives_tracts_bottleneck_on_a_real_photo() {
+        use crate::backbone::{Backbone, ModelSource, Overrides};
+        let backbone = Backbone::load(&ModelSource::Embedded, &Overrides::default()).unwrap();
+        let photo = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/flower_sample/daisy/10172379554_b296050f82_n.jpg"
+        );
+        let input = backbone
+            .preprocessing
+            .tensor_from_bytes(&std::fs::read(photo).unwrap())
+            .unwrap();
+        let run = |accelerated| {
+            let (replaced, plan) = backbone_plan(accelerated);
+            let output = plan.run(tvec!(input.clone().into())).unwrap();
+            let values: Vec<f32> = output[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            (replaced, values)
+        };
+        let (_, tracts) = run(false);
+        let (replaced, ours) = run(true);
+        // MobileNet v1 has 13 depthwise layers; CPUs without AVX2 + FMA keep tract's.
+        assert_eq!(replaced, if has_avx2_fma() { 13 } else { 0 });
+        assert_eq!(tracts.len(), 1024);
+        let largest = tracts
+            .iter()
+            .zip(&ours)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(largest < 1e-4, "bottlenecks differ by {largest}");
+        assert!(
+            tracts.iter().any(|&v| v > 0.5),
+            "a degenerate bottleneck proves nothing"
+        );
+    }
+
     #[test]
     fn matches_the_definition_for_every_geometry_and_path() {
         let cases = [

@@ -9,6 +9,7 @@
 //! the disk the user chose for bottlenecks, never on a RAM-backed /tmp.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -89,35 +90,36 @@ impl BottleneckMatrix {
 /// Fills a [`BottleneckMatrix`] row by row, from many threads at once.
 pub struct MatrixWriter {
     map: Mutex<MmapMut>,
-    _file: File,
+    _file: Option<File>,
     rows: usize,
     dim: usize,
 }
 
 impl MatrixWriter {
-    /// Creates a zeroed `rows x dim` matrix in an unnamed file in `dir`.
-    pub fn create(dir: &Path, rows: usize, dim: usize) -> Result<MatrixWriter> {
-        let context = || {
-            format!(
-                "cannot create a {} MB bottleneck matrix in {}: free some space or choose \
-                 another --bottleneck-dir",
-                rows * dim * 4 / 1_000_000,
-                dir.display()
-            )
+    /// Creates a zeroed `rows x dim` matrix in an unnamed file in `dir`, or failing that in
+    /// the system's temporary directory, or failing that (a read-only cache and a full disk)
+    /// in memory, with a warning: the run then needs RAM for every bottleneck, as before.
+    pub fn create(dir: &Path, rows: usize, dim: usize) -> MatrixWriter {
+        let len = (rows * dim * 4).max(4);
+        let mapped = scratch_file(dir, len)
+            .or_else(|first| scratch_file(&std::env::temp_dir(), len).map_err(|_| first));
+        let (map, file) = match mapped {
+            Ok((map, file)) => (map, Some(file)),
+            Err(e) => {
+                crate::progress::warn(&format!(
+                    "keeping {} MB of bottlenecks in memory: {e:#}",
+                    len / 1_000_000
+                ));
+                let map = MmapMut::map_anon(len).expect("anonymous memory for the bottlenecks");
+                (map, None)
+            }
         };
-        let file = tempfile::tempfile_in(dir).with_context(context)?;
-        // A mapping cannot be empty; a few spare bytes cost nothing.
-        file.set_len((rows * dim * 4).max(4) as u64)
-            .with_context(context)?;
-        // SAFETY: the file is unnamed and private to this process, so nothing else can
-        // truncate or write it while it is mapped.
-        let map = unsafe { MmapMut::map_mut(&file) }.with_context(context)?;
-        Ok(MatrixWriter {
+        MatrixWriter {
             map: Mutex::new(map),
             _file: file,
             rows,
             dim,
-        })
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -149,6 +151,31 @@ impl MatrixWriter {
     }
 }
 
+/// An unnamed file of `len` zero bytes in `dir`, mapped. The zeros are written, not just
+/// promised by `set_len`: a sparse file on a full disk would fail later, inside the
+/// mapping, as a crash (SIGBUS) instead of this error.
+fn scratch_file(dir: &Path, len: usize) -> Result<(MmapMut, File)> {
+    let context = || {
+        format!(
+            "cannot create a {} MB scratch file for bottlenecks in {}",
+            len / 1_000_000,
+            dir.display()
+        )
+    };
+    let mut file = tempfile::tempfile_in(dir).with_context(context)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        file.write_all(&zeros[..n]).with_context(context)?;
+        left -= n;
+    }
+    // SAFETY: the file is unnamed and private to this process, so nothing else can
+    // truncate or write it while it is mapped.
+    let map = unsafe { MmapMut::map_mut(&file) }.with_context(context)?;
+    Ok((map, file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +183,7 @@ mod tests {
     #[test]
     fn rows_written_from_threads_read_back_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = MatrixWriter::create(dir.path(), 64, 5).unwrap();
+        let writer = MatrixWriter::create(dir.path(), 64, 5);
         std::thread::scope(|scope| {
             for part in 0..4 {
                 let writer = &writer;
@@ -177,12 +204,20 @@ mod tests {
     }
 
     #[test]
+    fn without_a_usable_directory_the_matrix_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no such directory");
+        let writer = MatrixWriter::create(&missing, 3, 2);
+        writer.write_row(2, &[1.5, -2.5]);
+        let matrix = writer.finish().unwrap();
+        assert_eq!(matrix.row(2), &[1.5, -2.5]);
+        assert_eq!(matrix.row(0), &[0.0, 0.0]);
+    }
+
+    #[test]
     fn an_empty_matrix_is_fine() {
         let dir = tempfile::tempdir().unwrap();
-        let matrix = MatrixWriter::create(dir.path(), 0, 1024)
-            .unwrap()
-            .finish()
-            .unwrap();
+        let matrix = MatrixWriter::create(dir.path(), 0, 1024).finish().unwrap();
         assert_eq!(matrix.view().dim(), (0, 1024));
     }
 }
