@@ -1,5 +1,5 @@
 //! Times the embedded backbone in tract with tract's own depthwise convolution and with
-//! flowers' (`flowers::depthwise`), on one thread and on two threads sharing one plan, and
+//! flowers' (`flowers::direct_conv`), on one thread and on two threads sharing one plan, and
 //! prints the largest difference between their outputs.
 //!
 //!     cargo run --release --example backbone_speed [RUNS]
@@ -19,7 +19,7 @@ fn plan(accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
         .into_typed()?
         .into_decluttered()?;
     if accelerated {
-        flowers::depthwise::accelerate(&mut model)?;
+        flowers::direct_conv::accelerate(&mut model)?;
     }
     model.into_optimized()?.into_runnable()
 }

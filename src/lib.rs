@@ -10,7 +10,7 @@ pub mod atomic;
 pub mod backbone;
 pub mod bottleneck;
 pub mod dataset;
-pub mod depthwise;
+pub mod direct_conv;
 pub mod evaluate;
 pub mod export;
 pub mod label;

@@ -1,25 +1,29 @@
-//! A vectorised depthwise convolution, swapped into the backbone's tract plan in place of
-//! tract's own.
+//! A vectorised direct convolution, swapped into the backbone's tract plan in place of
+//! tract's own for depthwise layers and for the stem (a dense convolution on RGB).
 //!
 //! Why: profiling bottleneck extraction on MobileNet v1 showed tract's depthwise convolution
 //! taking about a quarter of inference time, most of it in the stride-2 layers, which tract
 //! runs one multiply at a time (its vector kernel only covers unit stride), and the rest in
-//! short rows. tract stays the engine: it loads, declutters, optimises and runs the model;
-//! this op is one more node type in its graph, used only for float depthwise convolutions
-//! whose geometry is fully known (see [`accelerate`]).
+//! short rows. The stem, 3 input channels, went through im2col and a matrix product with a
+//! 27-deep inner dimension, then a separate ReLU6 pass: 1.5 ms of ~18. tract stays the
+//! engine: it loads, declutters, optimises and runs the model; this op is one more node type
+//! in its graph, used only for float convolutions whose geometry is fully known (see
+//! [`accelerate`]), and it takes in the ReLU6 (or ReLU) that follows.
 //!
-//! How: each channel plane is copied once into a zero-padded scratch split into `stride`
+//! How: each input plane is copied once into a zero-padded scratch split into `stride`
 //! column phases, so every tap of every output row reads one contiguous run. An output row
-//! is then `bias + sum(tap * run)`, computed eight outputs at a time with AVX2 and FMA when
-//! the CPU has them, and with plain Rust otherwise. Results match tract's to float rounding.
+//! is then `clamp(bias + sum(tap * run))`, computed eight outputs at a time with AVX2 and
+//! FMA. Results match tract's to float rounding.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// Replaces every eligible depthwise convolution of `model` by [`Depthwise`]; returns how
-/// many were replaced. Run it on a decluttered model, before `into_optimized`.
+/// Replaces every eligible convolution of `model` (depthwise, or dense on a few input
+/// channels) by [`DirectConv`], with the clamp that follows it; returns how many were replaced. Run it on a decluttered model, before `into_optimized`.
 ///
 /// Only CPUs with AVX2 and FMA get the swap: elsewhere (older x86, ARM, where tract has
 /// its own vector kernels) the portable path would not beat tract, so the plan is left as is.
@@ -33,26 +37,40 @@ pub fn accelerate(model: &mut TypedModel) -> TractResult<usize> {
         let Some(geometry) = eligible(model, node)? else {
             continue;
         };
-        let op = Depthwise { geometry };
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
+        let (clip, last) = match fused_clip(model, node)? {
+            Some((low, high, last)) => (Some([low.to_bits(), high.to_bits()]), last),
+            None => (None, OutletId::new(node.id, 0)),
+        };
+        let op = DirectConv { geometry, clip };
+        let mut patch = TypedModelPatch::default();
+        let inputs = patch.taps(model, &node.inputs)?;
+        let output = patch.wire_node(&node.name, op, &inputs)?[0];
+        patch.shunt_outside(model, last, output)?;
         patch.apply(model)?;
         replaced += 1;
     }
     Ok(replaced)
 }
 
-/// The geometry of `node` if it is a float depthwise convolution this op can run: batch one,
-/// channels first, constant OIHW kernel and bias, no dilation, concrete shapes.
+/// Dense convolutions with at most this many input channels (a network's stem, on RGB) run
+/// here too: tract lowers them to a matrix product with a 27-deep inner dimension, its least
+/// efficient shape. Deeper inputs are tract's.
+const MAX_DENSE_INPUTS: usize = 4;
+
+/// The geometry of `node` if it is a float convolution this op can run (depthwise, or dense
+/// on a few input channels): batch one, channels first, constant OIHW kernel and bias, no
+/// dilation, concrete shapes.
 fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry>> {
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
     let spec = &conv.pool_spec;
-    let channels = conv.input_channels();
+    let (inputs, channels) = (conv.input_channels(), conv.output_channels());
+    let depthwise = conv.group == inputs && channels == inputs;
+    let dense = conv.group == 1 && inputs <= MAX_DENSE_INPUTS;
     let plain = conv.q_params.is_none()
         && conv.kernel_fmt == KernelFormat::OIHW
-        && conv.group == channels
-        && conv.output_channels() == channels
+        && (depthwise || dense)
         && spec.kernel_shape.len() == 2
         && spec.dilations().iter().all(|&d| d == 1)
         && node.inputs.len() == 3;
@@ -74,7 +92,7 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry
     let consts_fit = kernel
         .konst
         .as_ref()
-        .is_some_and(|k| k.shape() == [channels, 1, kh, kw])
+        .is_some_and(|k| k.shape() == [channels, if dense { inputs } else { 1 }, kh, kw])
         && bias.konst.as_ref().is_some_and(|b| b.len() == channels);
     if input.datum_type != f32::datum_type() || !consts_fit {
         return Ok(None);
@@ -86,6 +104,8 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry
     }
     Ok(Some(Geometry {
         batched,
+        dense,
+        inputs,
         channels,
         height: hw[0],
         width: hw[1],
@@ -100,11 +120,61 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry
     }))
 }
 
-/// Everything about one depthwise layer that is fixed when the plan is built.
+/// The `Max(x, low)` then `Min(x, high)` that follow `node` (MobileNet's ReLU6), or a lone
+/// `Max` (ReLU), when nothing else reads the values in between: they can be applied as the
+/// outputs are stored, saving a pass over the layer's output. Returns the bounds and the
+/// outlet whose readers the fused op takes over.
+fn fused_clip(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(f32, f32, OutletId)>> {
+    let Some((max, low)) = bounded_by::<Max>(model, OutletId::new(node.id, 0))? else {
+        return Ok(None);
+    };
+    let after_max = OutletId::new(max, 0);
+    Ok(Some(match bounded_by::<Min>(model, after_max)? {
+        Some((min, high)) if high >= low => (low, high, OutletId::new(min, 0)),
+        _ => (low, f32::INFINITY, after_max),
+    }))
+}
+
+/// The node applying binary op `B` with a scalar constant to `outlet`, if it is the only
+/// reader of `outlet` and `outlet` is not a model output.
+fn bounded_by<B: BinMiniOp>(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<(usize, f32)>> {
+    let successors = model.outlet_successors(outlet);
+    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    let next = model.node(successors[0].node);
+    let Some(op) = next.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    if !op.0.is::<B>() || next.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = next.inputs[1 - successors[0].slot];
+    let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
+        return Ok(None);
+    };
+    if konst.len() != 1 || konst.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let value = konst.try_as_plain_ram()?.as_slice::<f32>()?[0];
+    let same_shape =
+        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
+    Ok((same_shape && !value.is_nan()).then_some((next.id, value)))
+}
+
+/// Everything about one layer that is fixed when the plan is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Geometry {
     /// Whether the tensors carry a leading batch axis of 1 (NCHW) or none (CHW).
     pub batched: bool,
+    /// Every output channel reads every input channel (else channel `c` reads channel `c`).
+    pub dense: bool,
+    /// Input channels.
+    pub inputs: usize,
+    /// Output channels.
     pub channels: usize,
     pub height: usize,
     pub width: usize,
@@ -133,15 +203,29 @@ impl Geometry {
         self.stride_w * self.rows() * self.phase_width()
     }
 
-    /// Where tap `(ky, kx)` of output row 0 starts in the scratch, for every tap in
-    /// row-major kernel order; output row `oy` adds `oy * stride_h * phase_width`.
+    /// Input planes one output channel reads.
+    fn planes_per_output(&self) -> usize {
+        if self.dense {
+            self.inputs
+        } else {
+            1
+        }
+    }
+
+    /// Where tap `(ky, kx)` of output row 0 starts in the scratch, for every tap in OIHW
+    /// kernel order (input plane, then row-major); the scratch of a dense layer holds every
+    /// input plane, one after another. Output row `oy` adds `oy * stride_h * phase_width`.
     fn tap_offsets(&self) -> Vec<usize> {
         let (rows, width) = (self.rows(), self.phase_width());
-        let mut offsets = Vec::with_capacity(self.kernel_h * self.kernel_w);
-        for ky in 0..self.kernel_h {
-            for kx in 0..self.kernel_w {
-                let phase = kx % self.stride_w;
-                offsets.push((phase * rows + ky) * width + kx / self.stride_w);
+        let mut offsets =
+            Vec::with_capacity(self.planes_per_output() * self.kernel_h * self.kernel_w);
+        for plane in 0..self.planes_per_output() {
+            for ky in 0..self.kernel_h {
+                for kx in 0..self.kernel_w {
+                    let phase = kx % self.stride_w;
+                    let offset = (phase * rows + ky) * width + kx / self.stride_w;
+                    offsets.push(plane * self.scratch_len() + offset);
+                }
             }
         }
         offsets
@@ -210,16 +294,35 @@ fn gather(src: &[f32], dst: &mut [f32], stride: usize) {
     }
 }
 
-/// The depthwise convolution node: inputs are the data, the `[C, 1, KH, KW]` kernel and the
-/// `[C]` bias, as in tract's own `Conv`.
+/// The convolution node: inputs are the data, the OIHW kernel and the bias, as in tract's
+/// own `Conv`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Depthwise {
+pub struct DirectConv {
     pub geometry: Geometry,
+    /// Bounds the outputs are clamped to (ReLU6 fused in), as `f32` bits so the op is `Eq`.
+    pub clip: Option<[u32; 2]>,
 }
 
-impl Op for Depthwise {
+impl DirectConv {
+    fn clip(&self) -> (f32, f32) {
+        match self.clip {
+            Some([low, high]) => (f32::from_bits(low), f32::from_bits(high)),
+            None => (f32::NEG_INFINITY, f32::INFINITY),
+        }
+    }
+}
+
+/// What is done to each output besides the taps: `min(max(bias + sum, low), high)`.
+#[derive(Clone, Copy, Debug)]
+struct Finish {
+    bias: f32,
+    low: f32,
+    high: f32,
+}
+
+impl Op for DirectConv {
     fn name(&self) -> StaticName {
-        "FlowersDepthwise".into()
+        "FlowersDirectConv".into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -233,7 +336,7 @@ impl Op for Depthwise {
     op_as_typed_op!();
 }
 
-impl EvalOp for Depthwise {
+impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -244,6 +347,7 @@ impl EvalOp for Depthwise {
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.geometry.output_shape())? };
         convolve(
             &self.geometry,
+            self.clip(),
             data.as_slice::<f32>()?,
             kernel.as_slice::<f32>()?,
             bias.as_slice::<f32>()?,
@@ -253,48 +357,90 @@ impl EvalOp for Depthwise {
     }
 }
 
-impl TypedOp for Depthwise {
+impl TypedOp for DirectConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 3, "depthwise takes data, kernel and bias");
+        ensure!(
+            inputs.len() == 3,
+            "a convolution takes data, kernel and bias"
+        );
         Ok(tvec!(f32::fact(self.geometry.output_shape())))
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let g = &self.geometry;
-        let fmas = g.channels * g.out_h * g.out_w * g.kernel_h * g.kernel_w;
+        let fmas = g.channels * g.out_h * g.out_w * g.kernel_h * g.kernel_w * g.planes_per_output();
         Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.into())))
     }
 
     as_op!();
 }
 
-/// Runs the whole layer: `data` is `C x H x W`, `kernel` `C x KH x KW`, `output`
-/// `C x OH x OW`.
-pub fn convolve(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32], output: &mut [f32]) {
-    let (taps, plane, out_plane) = (
-        g.kernel_h * g.kernel_w,
-        g.height * g.width,
-        g.out_h * g.out_w,
-    );
-    assert!(data.len() == g.channels * plane && kernel.len() == g.channels * taps);
+/// Runs the whole layer: `data` is `inputs x H x W`, `kernel` `channels x (1 or inputs) x
+/// KH x KW` (depthwise or dense), `output` `channels x OH x OW`.
+pub fn convolve(
+    g: &Geometry,
+    (low, high): (f32, f32),
+    data: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    let (plane, out_plane) = (g.height * g.width, g.out_h * g.out_w);
+    let taps = g.planes_per_output() * g.kernel_h * g.kernel_w;
+    assert!(data.len() == g.inputs * plane && kernel.len() == g.channels * taps);
     assert!(bias.len() == g.channels && output.len() == g.channels * out_plane);
     let offsets = g.tap_offsets();
-    let mut scratch = vec![0f32; g.scratch_len()];
     let fast = has_avx2_fma();
-    for c in 0..g.channels {
-        let plane = &data[c * plane..][..plane];
-        let taps = &kernel[c * taps..][..taps];
-        let out = &mut output[c * out_plane..][..out_plane];
-        if fast {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `has_avx2_fma` checked that this CPU has AVX2 and FMA.
-            unsafe {
-                x86::channel(g, &offsets, plane, taps, bias[c], &mut scratch, out)
-            }
-        } else {
-            generic_channel(g, &offsets, plane, taps, bias[c], &mut scratch, out);
+    let finish = |c: usize| Finish {
+        bias: bias[c],
+        low,
+        high,
+    };
+    let len = g.scratch_len();
+    let mut scratch = vec![0f32; len * g.planes_per_output()];
+    if g.dense {
+        for (i, input) in data.chunks_exact(plane).enumerate() {
+            fill(g, input, &mut scratch[i * len..][..len], fast);
         }
     }
+    for c in 0..g.channels {
+        if !g.dense {
+            fill(g, &data[c * plane..][..plane], &mut scratch, fast);
+        }
+        let taps = &kernel[c * taps..][..taps];
+        let out = &mut output[c * out_plane..][..out_plane];
+        rows(g, &offsets, &scratch, taps, finish(c), out, fast);
+    }
+}
+
+/// Fills the scratch from one input plane (see [`Geometry::fill_scratch`]).
+fn fill(g: &Geometry, plane: &[f32], scratch: &mut [f32], fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is only set when `has_avx2_fma` found AVX2 and FMA.
+        return unsafe { x86::fill(g, plane, scratch) };
+    }
+    let _ = fast;
+    g.fill_scratch(plane, scratch);
+}
+
+/// Computes one output channel from the filled scratch.
+fn rows(
+    g: &Geometry,
+    offsets: &[usize],
+    scratch: &[f32],
+    taps: &[f32],
+    finish: Finish,
+    out: &mut [f32],
+    fast: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is only set when `has_avx2_fma` found AVX2 and FMA.
+        return unsafe { x86::rows(g, offsets, scratch, taps, finish, out) };
+    }
+    let _ = fast;
+    generic_rows(g, offsets, scratch, taps, finish, out);
 }
 
 /// Whether the AVX2 + FMA path may run.
@@ -307,52 +453,60 @@ fn has_avx2_fma() -> bool {
     false
 }
 
-/// One channel in portable Rust: the same scratch layout, one tap at a time over a row.
-fn generic_channel(
+/// One output channel in portable Rust: one tap at a time over a row.
+fn generic_rows(
     g: &Geometry,
     offsets: &[usize],
-    plane: &[f32],
+    scratch: &[f32],
     taps: &[f32],
-    bias: f32,
-    scratch: &mut [f32],
+    finish: Finish,
     out: &mut [f32],
 ) {
-    g.fill_scratch(plane, scratch);
     let row_step = g.stride_h * g.phase_width();
     for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
-        row.fill(bias);
+        row.fill(finish.bias);
         for (&tap, &offset) in taps.iter().zip(offsets) {
             let src = &scratch[oy * row_step + offset..][..g.out_w];
             for (o, s) in row.iter_mut().zip(src) {
                 *o += tap * s;
             }
         }
+        for o in row.iter_mut() {
+            *o = o.max(finish.low).min(finish.high);
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Geometry;
+    use super::{Finish, Geometry};
     use std::arch::x86_64::*;
 
     /// Lane masks for a partial vector: `MASKS[8 - n..]` enables the first `n` lanes.
     static MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
-    /// One channel with AVX2 + FMA; 3x3 kernels get a fully unrolled tap loop.
+    /// [`Geometry::fill_scratch`] compiled for AVX2, so the stride-2 gather is vectorised.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn channel(
+    pub unsafe fn fill(g: &Geometry, plane: &[f32], scratch: &mut [f32]) {
+        g.fill_scratch(plane, scratch);
+    }
+
+    /// One output channel with AVX2 + FMA; 3x3 depthwise kernels get a fully unrolled tap loop.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows(
         g: &Geometry,
         offsets: &[usize],
-        plane: &[f32],
+        scratch: &[f32],
         taps: &[f32],
-        bias: f32,
-        scratch: &mut [f32],
+        finish: Finish,
         out: &mut [f32],
     ) {
-        g.fill_scratch(plane, scratch);
         let row_step = g.stride_h * g.phase_width();
         for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
             let base = &scratch[oy * row_step..];
@@ -361,9 +515,9 @@ mod x86 {
             // SAFETY: the features are enabled on this function; reads are in bounds (above).
             unsafe {
                 if taps.len() == 9 {
-                    row_fma::<9>(base, offsets, taps, bias, row);
+                    row_fma::<9>(base, offsets, taps, finish, row);
                 } else {
-                    row_fma::<0>(base, offsets, taps, bias, row);
+                    row_fma::<0>(base, offsets, taps, finish, row);
                 }
             }
         }
@@ -377,13 +531,15 @@ mod x86 {
         base: &[f32],
         offsets: &[usize],
         taps: &[f32],
-        bias: f32,
+        finish: Finish,
         row: &mut [f32],
     ) {
         let n_taps = if N == 0 { taps.len() } else { N };
         let (src, dst, len) = (base.as_ptr(), row.as_mut_ptr(), row.len());
         unsafe {
-            let biasv = _mm256_set1_ps(bias);
+            let biasv = _mm256_set1_ps(finish.bias);
+            let (low, high) = (_mm256_set1_ps(finish.low), _mm256_set1_ps(finish.high));
+            let clamp = |a| _mm256_min_ps(_mm256_max_ps(a, low), high);
             let mut i = 0;
             while i + 16 <= len {
                 let (mut a0, mut a1) = (biasv, biasv);
@@ -393,8 +549,8 @@ mod x86 {
                     a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), k, a0);
                     a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), k, a1);
                 }
-                _mm256_storeu_ps(dst.add(i), a0);
-                _mm256_storeu_ps(dst.add(i + 8), a1);
+                _mm256_storeu_ps(dst.add(i), clamp(a0));
+                _mm256_storeu_ps(dst.add(i + 8), clamp(a1));
                 i += 16;
             }
             if i + 8 <= len {
@@ -404,7 +560,7 @@ mod x86 {
                     let p = src.add(*offsets.get_unchecked(t) + i);
                     a = _mm256_fmadd_ps(_mm256_loadu_ps(p), k, a);
                 }
-                _mm256_storeu_ps(dst.add(i), a);
+                _mm256_storeu_ps(dst.add(i), clamp(a));
                 i += 8;
             }
             if i < len {
@@ -419,7 +575,7 @@ mod x86 {
                     a = _mm256_fmadd_ps(_mm256_maskload_ps(p, mask), k, a);
                 }
                 let mut buffer = [0f32; 8];
-                _mm256_storeu_ps(buffer.as_mut_ptr(), a);
+                _mm256_storeu_ps(buffer.as_mut_ptr(), clamp(a));
                 std::ptr::copy_nonoverlapping(buffer.as_ptr(), dst.add(i), lanes);
             }
         }
@@ -433,20 +589,27 @@ mod tests {
     /// The definition, written as plainly as possible.
     fn reference(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; g.channels * g.out_h * g.out_w];
+        let planes = g.planes_per_output();
         for c in 0..g.channels {
             for oy in 0..g.out_h {
                 for ox in 0..g.out_w {
                     let mut sum = bias[c] as f64;
-                    for ky in 0..g.kernel_h {
-                        for kx in 0..g.kernel_w {
-                            let y = (oy * g.stride_h + ky) as isize - g.pad_top as isize;
-                            let x = (ox * g.stride_w + kx) as isize - g.pad_left as isize;
-                            if y < 0 || x < 0 || y >= g.height as isize || x >= g.width as isize {
-                                continue;
+                    for p in 0..planes {
+                        let input = if g.dense { p } else { c };
+                        for ky in 0..g.kernel_h {
+                            for kx in 0..g.kernel_w {
+                                let y = (oy * g.stride_h + ky) as isize - g.pad_top as isize;
+                                let x = (ox * g.stride_w + kx) as isize - g.pad_left as isize;
+                                if y < 0 || x < 0 || y >= g.height as isize || x >= g.width as isize
+                                {
+                                    continue;
+                                }
+                                let v =
+                                    data[(input * g.height + y as usize) * g.width + x as usize];
+                                let k =
+                                    kernel[((c * planes + p) * g.kernel_h + ky) * g.kernel_w + kx];
+                                sum += (v * k) as f64;
                             }
-                            let v = data[(c * g.height + y as usize) * g.width + x as usize];
-                            let k = kernel[(c * g.kernel_h + ky) * g.kernel_w + kx];
-                            sum += (v * k) as f64;
                         }
                     }
                     out[(c * g.out_h + oy) * g.out_w + ox] = sum as f32;
@@ -460,6 +623,8 @@ mod tests {
         let [top, left, bottom, right] = pads;
         Geometry {
             batched: true,
+            dense: false,
+            inputs: 3,
             channels: 3,
             height: size.0,
             width: size.1,
@@ -518,6 +683,10 @@ mod tests {
             .unwrap();
         let run = |accelerated| {
             let (replaced, plan) = backbone_plan(accelerated);
+            // Every one of those layers is followed by ReLU6, fused in.
+            let fused = plan.model().nodes().iter();
+            let fused = fused.filter(|n| n.op_as::<DirectConv>().is_some_and(|d| d.clip.is_some()));
+            assert_eq!(fused.count(), replaced);
             let output = plan.run(tvec!(input.clone().into())).unwrap();
             let values: Vec<f32> = output[0]
                 .to_plain_array_view::<f32>()
@@ -529,8 +698,8 @@ mod tests {
         };
         let (_, tracts) = run(false);
         let (replaced, ours) = run(true);
-        // MobileNet v1 has 13 depthwise layers; CPUs without AVX2 + FMA keep tract's.
-        assert_eq!(replaced, if has_avx2_fma() { 13 } else { 0 });
+        // MobileNet v1 has a stem and 13 depthwise layers; CPUs without AVX2 + FMA keep tract's.
+        assert_eq!(replaced, if has_avx2_fma() { 14 } else { 0 });
         assert_eq!(tracts.len(), 1024);
         let largest = tracts
             .iter()
@@ -556,44 +725,72 @@ mod tests {
             geometry((20, 23), 5, 2, [1, 2, 2, 1]),
             geometry((6, 6), 3, 3, [0, 0, 0, 0]),
             geometry((1, 1), 3, 1, [1, 1, 1, 1]),
+            // Dense, as MobileNet's stem: 3 inputs, more outputs.
+            Geometry {
+                dense: true,
+                channels: 5,
+                ..geometry((24, 24), 3, 2, [0, 0, 1, 1])
+            },
+            Geometry {
+                dense: true,
+                inputs: 2,
+                channels: 4,
+                ..geometry((9, 17), 3, 1, [1, 1, 1, 1])
+            },
         ];
         for g in cases {
-            let data = values(g.channels * g.height * g.width, 7);
-            let kernel = values(g.channels * g.kernel_h * g.kernel_w, 11);
-            let bias = values(g.channels, 13);
-            let expected = reference(&g, &data, &kernel, &bias);
-            let mut fast = vec![f32::NAN; expected.len()];
-            convolve(&g, &data, &kernel, &bias, &mut fast);
-            let mut portable = vec![f32::NAN; expected.len()];
-            let (offsets, mut scratch) = (g.tap_offsets(), vec![0f32; g.scratch_len()]);
-            let (plane, out_plane, taps) = (
-                g.height * g.width,
-                g.out_h * g.out_w,
-                g.kernel_h * g.kernel_w,
+            let data = values(g.inputs * g.height * g.width, 7);
+            let kernel = values(
+                g.channels * g.planes_per_output() * g.kernel_h * g.kernel_w,
+                11,
             );
-            for c in 0..g.channels {
-                generic_channel(
-                    &g,
-                    &offsets,
-                    &data[c * plane..][..plane],
-                    &kernel[c * taps..][..taps],
-                    bias[c],
-                    &mut scratch,
-                    &mut portable[c * out_plane..][..out_plane],
+            let bias = values(g.channels, 13);
+            // Unclamped, and clamped as a fused ReLU6 would be (here to [-0.5, 0.5]).
+            for (low, high) in [(f32::NEG_INFINITY, f32::INFINITY), (-0.5, 0.5)] {
+                check(&g, (low, high), &data, &kernel, &bias);
+            }
+        }
+    }
+
+    /// The fast path (`convolve`) and the portable one against the definition.
+    fn check(g: &Geometry, (low, high): (f32, f32), data: &[f32], kernel: &[f32], bias: &[f32]) {
+        let expected: Vec<f32> = reference(g, data, kernel, bias)
+            .into_iter()
+            .map(|v| v.max(low).min(high))
+            .collect();
+        let mut fast = vec![f32::NAN; expected.len()];
+        convolve(g, (low, high), data, kernel, bias, &mut fast);
+        let mut portable = vec![f32::NAN; expected.len()];
+        let (len, plane, out_plane) = (g.scratch_len(), g.height * g.width, g.out_h * g.out_w);
+        let mut scratch = vec![0f32; len * g.planes_per_output()];
+        let taps = g.planes_per_output() * g.kernel_h * g.kernel_w;
+        for c in 0..g.channels {
+            for p in 0..g.planes_per_output() {
+                let input = if g.dense { p } else { c };
+                g.fill_scratch(
+                    &data[input * plane..][..plane],
+                    &mut scratch[p * len..][..len],
                 );
             }
-            for (i, e) in expected.iter().enumerate() {
-                assert!(
-                    (fast[i] - e).abs() < 1e-5,
-                    "{g:?} fast [{i}] {} vs {e}",
-                    fast[i]
-                );
-                assert!(
-                    (portable[i] - e).abs() < 1e-5,
-                    "{g:?} portable [{i}] {} vs {e}",
-                    portable[i]
-                );
-            }
+            let finish = Finish {
+                bias: bias[c],
+                low,
+                high,
+            };
+            let (kernel, out) = (
+                &kernel[c * taps..][..taps],
+                &mut portable[c * out_plane..][..out_plane],
+            );
+            generic_rows(g, &g.tap_offsets(), &scratch, kernel, finish, out);
+        }
+        for (i, e) in expected.iter().enumerate() {
+            assert!(
+                (fast[i] - e).abs() < 1e-5,
+                "{g:?} fast [{i}] {} vs {e}",
+                fast[i]
+            );
+            let p = portable[i];
+            assert!((p - e).abs() < 1e-5, "{g:?} portable [{i}] {p} vs {e}");
         }
     }
 }
