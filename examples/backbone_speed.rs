@@ -1,5 +1,5 @@
-//! Times the embedded backbone in tract with tract's own depthwise convolution and with
-//! flowers' (`flowers::direct_conv`), on one thread and on two threads sharing one plan, and
+//! Times the embedded backbone in tract with tract's own convolutions and with flowers' op
+//! for the depthwise layers and the stem (`flowers::direct_conv`), on one thread and on two threads sharing one plan, and
 //! prints the largest difference between their outputs.
 //!
 //!     cargo run --release --example backbone_speed [RUNS]
@@ -47,7 +47,7 @@ fn main() -> TractResult<()> {
         })
         .into();
     let mut outputs = vec![];
-    for (name, accelerated) in [("tract depthwise", false), ("flowers depthwise", true)] {
+    for (name, accelerated) in [("tract", false), ("flowers op", true)] {
         let plan = plan(accelerated)?;
         let output = plan.run(tvec!(input.clone().into()))?.remove(0);
         outputs.push(

@@ -1,4 +1,8 @@
-//! Scratch: per-node time of the accelerated backbone plan.
+//! Per-node time of the embedded backbone's plan as flowers builds it (with
+//! `flowers::direct_conv`), averaged over 50 runs on one thread; nodes under 0.05 ms are not
+//! listed. This is how the stem and the ReLU6 passes were found (BENCHMARKS.md).
+//!
+//!     cargo run --release --example node_profile
 use std::collections::HashMap;
 use std::time::Instant;
 use tract_onnx::prelude::*;
