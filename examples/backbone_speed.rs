@@ -2,7 +2,10 @@
 //! for the depthwise layers and the stem (`flowers::direct_conv`), on one thread and on two threads sharing one plan, and
 //! prints the largest difference between their outputs.
 //!
-//!     cargo run --release --example backbone_speed [RUNS]
+//!     cargo run --release --example backbone_speed [RUNS] [--nodes]
+//!
+//! `--nodes` also lists the time of every node of flowers' plan taking over 0.05 ms (one
+//! thread, averaged over RUNS): how the stem and the ReLU6 passes were found.
 //!
 //! Environment variables of tract apply, e.g. `TRACT_CPU_ISA=-avx512f` to try its AVX2
 //! matrix kernels instead of the 512-bit ones.
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::{eval, SimpleState};
 
 fn plan(accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
     let mut model = tract_onnx::onnx()
@@ -39,8 +43,40 @@ fn time(plan: &Arc<TypedRunnableModel>, input: &Tensor, threads: usize, runs: us
     start.elapsed().as_secs_f64() * 1000.0 / (threads * runs) as f64
 }
 
+/// Prints the mean time of each node over `runs` runs on this thread.
+fn node_times(plan: &Arc<TypedRunnableModel>, input: &Tensor, runs: usize) -> TractResult<()> {
+    let mut times = vec![0.0f64; plan.model().nodes().len()];
+    for _ in 0..runs {
+        let mut state = SimpleState::new(plan)?;
+        state.run_plan_with_eval(
+            tvec!(input.clone().into()),
+            |ctx, op_state, node, inputs| {
+                let start = Instant::now();
+                let outputs = eval(ctx, op_state, node, inputs);
+                times[node.id] += start.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+                outputs
+            },
+        )?;
+    }
+    for node in plan.model().nodes() {
+        if times[node.id] > 0.05 {
+            let shape = &node.outputs[0].fact.shape;
+            let name = &node.name[node.name.len().saturating_sub(50)..];
+            let op = node.op.name();
+            println!("{:8.3} ms  {op} {shape:?}  {name}", times[node.id]);
+        }
+    }
+    println!("{:8.3} ms  in all", times.iter().sum::<f64>());
+    Ok(())
+}
+
 fn main() -> TractResult<()> {
-    let runs: usize = std::env::args().nth(1).map_or(Ok(40), |s| s.parse())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let nodes = args.iter().any(|a| a == "--nodes");
+    let runs: usize = args
+        .iter()
+        .find(|a| *a != "--nodes")
+        .map_or(Ok(40), |s| s.parse())?;
     let input: Tensor =
         tract_ndarray::Array4::<f32>::from_shape_fn((1, 3, 224, 224), |(_, c, y, x)| {
             ((c * 7 + y * 3 + x) % 255) as f32 / 128.0 - 1.0
@@ -57,6 +93,9 @@ fn main() -> TractResult<()> {
                 .copied()
                 .collect::<Vec<f32>>(),
         );
+        if nodes && accelerated {
+            node_times(&plan, &input, runs)?;
+        }
         let one = time(&plan, &input, 1, runs);
         let two = time(&plan, &input, 2, runs);
         println!("{name:18} 1 thread {one:5.1} ms/image   2 threads {two:5.1} ms/image");

@@ -554,12 +554,8 @@ mod x86 {
                 i += 16;
             }
             if i + 8 <= len {
-                let mut a = biasv;
-                for t in 0..n_taps {
-                    let k = _mm256_set1_ps(*taps.get_unchecked(t));
-                    let p = src.add(*offsets.get_unchecked(t) + i);
-                    a = _mm256_fmadd_ps(_mm256_loadu_ps(p), k, a);
-                }
+                let load = |p| _mm256_loadu_ps(p);
+                let a = sum8(src, offsets, taps, n_taps, i, biasv, load);
                 _mm256_storeu_ps(dst.add(i), clamp(a));
                 i += 8;
             }
@@ -568,17 +564,34 @@ mod x86 {
                 // buffer because AMD's masked store is microcoded and slow.
                 let lanes = len - i;
                 let mask = _mm256_loadu_si256(MASKS.as_ptr().add(8 - lanes) as *const __m256i);
-                let mut a = biasv;
-                for t in 0..n_taps {
-                    let k = _mm256_set1_ps(*taps.get_unchecked(t));
-                    let p = src.add(*offsets.get_unchecked(t) + i);
-                    a = _mm256_fmadd_ps(_mm256_maskload_ps(p, mask), k, a);
-                }
+                let load = |p| _mm256_maskload_ps(p, mask);
+                let a = sum8(src, offsets, taps, n_taps, i, biasv, load);
                 let mut buffer = [0f32; 8];
                 _mm256_storeu_ps(buffer.as_mut_ptr(), clamp(a));
                 std::ptr::copy_nonoverlapping(buffer.as_ptr(), dst.add(i), lanes);
             }
         }
+    }
+
+    /// `bias + sum_t taps[t] * load(src + offsets[t] + i)`: eight outputs from column `i`.
+    #[inline(always)]
+    unsafe fn sum8(
+        src: *const f32,
+        offsets: &[usize],
+        taps: &[f32],
+        n_taps: usize,
+        i: usize,
+        bias: __m256,
+        load: impl Fn(*const f32) -> __m256,
+    ) -> __m256 {
+        let mut a = bias;
+        for t in 0..n_taps {
+            unsafe {
+                let k = _mm256_set1_ps(*taps.get_unchecked(t));
+                a = _mm256_fmadd_ps(load(src.add(*offsets.get_unchecked(t) + i)), k, a);
+            }
+        }
+        a
     }
 }
 
