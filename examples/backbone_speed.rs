@@ -1,11 +1,12 @@
-//! Times the embedded backbone in tract with tract's own convolutions and with flowers' op
-//! for the depthwise layers and the stem (`flowers::direct_conv`), on one thread and on two threads sharing one plan, and
-//! prints the largest difference between their outputs.
+//! Times the embedded backbone in tract with tract's own convolutions and with flowers' ops
+//! swapped in (`flowers::accelerate`: depthwise layers, the stem and the large pointwise
+//! layers), on one thread and on two threads sharing one plan, and prints the largest
+//! difference between their outputs.
 //!
 //!     cargo run --release --example backbone_speed [RUNS] [--nodes]
 //!
 //! `--nodes` also lists the time of every node of flowers' plan taking over 0.05 ms (one
-//! thread, averaged over RUNS): how the stem and the ReLU6 passes were found.
+//! thread, averaged over RUNS): how the stem, the ReLU6 passes and the slow pointwise layers were found.
 //!
 //! Environment variables of tract apply, e.g. `TRACT_CPU_ISA=-avx512f` to try its AVX2
 //! matrix kernels instead of the 512-bit ones.
@@ -23,7 +24,7 @@ fn plan(accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
         .into_typed()?
         .into_decluttered()?;
     if accelerated {
-        flowers::direct_conv::accelerate(&mut model)?;
+        flowers::accelerate::apply(&mut model)?;
     }
     model.into_optimized()?.into_runnable()
 }
@@ -83,7 +84,7 @@ fn main() -> TractResult<()> {
         })
         .into();
     let mut outputs = vec![];
-    for (name, accelerated) in [("tract", false), ("flowers op", true)] {
+    for (name, accelerated) in [("tract", false), ("flowers ops", true)] {
         let plan = plan(accelerated)?;
         let output = plan.run(tvec!(input.clone().into()))?.remove(0);
         outputs.push(

@@ -225,7 +225,7 @@ impl Plan {
             .with_outputs_by_name([output])?
             .into_typed()?
             .into_decluttered()?;
-        crate::direct_conv::accelerate(&mut model)?;
+        crate::accelerate::apply(&mut model)?;
         let model = model.into_optimized()?;
         let fact = model.output_fact(0)?;
         let dims = fact

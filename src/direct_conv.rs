@@ -8,7 +8,7 @@
 //! 27-deep inner dimension, then a separate ReLU6 pass: 1.5 ms of ~18. tract stays the
 //! engine: it loads, declutters, optimises and runs the model; this op is one more node type
 //! in its graph, used only for float convolutions whose geometry is fully known (see
-//! [`accelerate`]), and it takes in the ReLU6 (or ReLU) that follows.
+//! [`crate::accelerate`]), and it takes in the ReLU6 (or ReLU) that follows.
 //!
 //! How: each input plane is copied once into a zero-padded scratch split into `stride`
 //! column phases, so every tap of every output row reads one contiguous run. An output row
@@ -17,40 +17,8 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
-
-/// Replaces every eligible convolution of `model` (depthwise, or dense on a few input
-/// channels) by [`DirectConv`], with the clamp that follows it; returns how many were replaced. Run it on a decluttered model, before `into_optimized`.
-///
-/// Only CPUs with AVX2 and FMA get the swap: elsewhere (older x86, ARM, where tract has
-/// its own vector kernels) the portable path would not beat tract, so the plan is left as is.
-pub fn accelerate(model: &mut TypedModel) -> TractResult<usize> {
-    if !has_avx2_fma() {
-        return Ok(0);
-    }
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(geometry) = eligible(model, node)? else {
-            continue;
-        };
-        let (clip, last) = match fused_clip(model, node)? {
-            Some((low, high, last)) => (Some([low.to_bits(), high.to_bits()]), last),
-            None => (None, OutletId::new(node.id, 0)),
-        };
-        let op = DirectConv { geometry, clip };
-        let mut patch = TypedModelPatch::default();
-        let inputs = patch.taps(model, &node.inputs)?;
-        let output = patch.wire_node(&node.name, op, &inputs)?[0];
-        patch.shunt_outside(model, last, output)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
-}
 
 /// Dense convolutions with at most this many input channels (a network's stem, on RGB) run
 /// here too: tract lowers them to a matrix product with a 27-deep inner dimension, its least
@@ -60,7 +28,7 @@ const MAX_DENSE_INPUTS: usize = 4;
 /// The geometry of `node` if it is a float convolution this op can run (depthwise, or dense
 /// on a few input channels): batch one, channels first, constant OIHW kernel and bias, no
 /// dilation, concrete shapes.
-fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry>> {
+pub(crate) fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry>> {
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
@@ -118,51 +86,6 @@ fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Geometry
         out_h: padded[0].convoluted,
         out_w: padded[1].convoluted,
     }))
-}
-
-/// The `Max(x, low)` then `Min(x, high)` that follow `node` (MobileNet's ReLU6), or a lone
-/// `Max` (ReLU), when nothing else reads the values in between: they can be applied as the
-/// outputs are stored, saving a pass over the layer's output. Returns the bounds and the
-/// outlet whose readers the fused op takes over.
-fn fused_clip(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(f32, f32, OutletId)>> {
-    let Some((max, low)) = bounded_by::<Max>(model, OutletId::new(node.id, 0))? else {
-        return Ok(None);
-    };
-    let after_max = OutletId::new(max, 0);
-    Ok(Some(match bounded_by::<Min>(model, after_max)? {
-        Some((min, high)) if high >= low => (low, high, OutletId::new(min, 0)),
-        _ => (low, f32::INFINITY, after_max),
-    }))
-}
-
-/// The node applying binary op `B` with a scalar constant to `outlet`, if it is the only
-/// reader of `outlet` and `outlet` is not a model output.
-fn bounded_by<B: BinMiniOp>(
-    model: &TypedModel,
-    outlet: OutletId,
-) -> TractResult<Option<(usize, f32)>> {
-    let successors = model.outlet_successors(outlet);
-    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
-        return Ok(None);
-    }
-    let next = model.node(successors[0].node);
-    let Some(op) = next.op_as::<TypedBinOp>() else {
-        return Ok(None);
-    };
-    if !op.0.is::<B>() || next.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = next.inputs[1 - successors[0].slot];
-    let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
-        return Ok(None);
-    };
-    if konst.len() != 1 || konst.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
-    let value = konst.try_as_plain_ram()?.as_slice::<f32>()?[0];
-    let same_shape =
-        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
-    Ok((same_shape && !value.is_nan()).then_some((next.id, value)))
 }
 
 /// Everything about one layer that is fixed when the plan is built.
@@ -390,7 +313,7 @@ pub fn convolve(
     assert!(data.len() == g.inputs * plane && kernel.len() == g.channels * taps);
     assert!(bias.len() == g.channels && output.len() == g.channels * out_plane);
     let offsets = g.tap_offsets();
-    let fast = has_avx2_fma();
+    let fast = crate::accelerate::has_avx2_fma();
     let finish = |c: usize| Finish {
         bias: bias[c],
         low,
@@ -441,16 +364,6 @@ fn rows(
     }
     let _ = fast;
     generic_rows(g, offsets, scratch, taps, finish, out);
-}
-
-/// Whether the AVX2 + FMA path may run.
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// One output channel in portable Rust: one tap at a time over a row.
@@ -656,74 +569,6 @@ mod tests {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
             .collect()
-    }
-
-    /// The embedded backbone, decluttered, with or without this op.
-    fn backbone_plan(accelerated: bool) -> (usize, std::sync::Arc<TypedRunnableModel>) {
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &crate::backbone::DEFAULT_MODEL[..])
-            .unwrap()
-            .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
-            .unwrap()
-            .with_outputs_by_name(["features"])
-            .unwrap()
-            .into_typed()
-            .unwrap()
-            .into_decluttered()
-            .unwrap();
-        let replaced = if accelerated {
-            accelerate(&mut model).unwrap()
-        } else {
-            0
-        };
-        (
-            replaced,
-            model.into_optimized().unwrap().into_runnable().unwrap(),
-        )
-    }
-
-    #[test]
-    fn the_backbone_gives_tracts_bottleneck_on_a_real_photo() {
-        use crate::backbone::{Backbone, ModelSource, Overrides};
-        let backbone = Backbone::load(&ModelSource::Embedded, &Overrides::default()).unwrap();
-        let photo = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/flower_sample/daisy/10172379554_b296050f82_n.jpg"
-        );
-        let input = backbone
-            .preprocessing
-            .tensor_from_bytes(&std::fs::read(photo).unwrap())
-            .unwrap();
-        let run = |accelerated| {
-            let (replaced, plan) = backbone_plan(accelerated);
-            // Every one of those layers is followed by ReLU6, fused in.
-            let fused = plan.model().nodes().iter();
-            let fused = fused.filter(|n| n.op_as::<DirectConv>().is_some_and(|d| d.clip.is_some()));
-            assert_eq!(fused.count(), replaced);
-            let output = plan.run(tvec!(input.clone().into())).unwrap();
-            let values: Vec<f32> = output[0]
-                .to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect();
-            (replaced, values)
-        };
-        let (_, tracts) = run(false);
-        let (replaced, ours) = run(true);
-        // MobileNet v1 has a stem and 13 depthwise layers; CPUs without AVX2 + FMA keep tract's.
-        assert_eq!(replaced, if has_avx2_fma() { 14 } else { 0 });
-        assert_eq!(tracts.len(), 1024);
-        let largest = tracts
-            .iter()
-            .zip(&ours)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(largest < 1e-4, "bottlenecks differ by {largest}");
-        assert!(
-            tracts.iter().any(|&v| v > 0.5),
-            "a degenerate bottleneck proves nothing"
-        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! and [`label`] classifies new images with it. [`retrain`] sequences the steps and
 //! [`report`] prints results.
 
+pub mod accelerate;
 pub mod atomic;
 pub mod backbone;
 pub mod bottleneck;
@@ -16,6 +17,7 @@ pub mod export;
 pub mod label;
 pub mod matrix;
 pub mod plots;
+pub mod pointwise;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
