@@ -21,8 +21,7 @@ fn plan(accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
         .model_for_read(&mut &flowers::backbone::DEFAULT_MODEL[..])?
         .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())?
         .with_outputs_by_name(["features"])?
-        .into_typed()?
-        .into_decluttered()?;
+        .into_typed()?;
     if accelerated {
         flowers::accelerate::apply(&mut model)?;
     }

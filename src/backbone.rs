@@ -5,6 +5,7 @@
 //! the exact preprocessing each was trained with; any other ONNX image classifier works too,
 //! with its bottleneck found by looking for the global pooling that feeds the head.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,7 +97,7 @@ pub struct Backbone {
 
 impl Backbone {
     pub fn load(source: &ModelSource, overrides: &Overrides) -> Result<Backbone> {
-        let (bytes, display): (std::borrow::Cow<[u8]>, String) = match source {
+        let (bytes, display): (Cow<[u8]>, String) = match source {
             ModelSource::Embedded => (DEFAULT_MODEL.into(), "embedded backbone".into()),
             ModelSource::File(path) => (
                 std::fs::read(path)
@@ -160,8 +161,12 @@ impl Backbone {
 
     /// Builds the tract plan that maps an input image tensor to the bottleneck vector.
     pub fn extractor(&self) -> Result<Plan> {
-        let plan = Plan::new(&self.proto, &self.preprocessing, &self.bottleneck)
-            .with_context(|| format!("cannot prepare backbone {} for inference", self.name))?;
+        let plan = Plan::new(
+            Cow::Borrowed(&self.proto),
+            &self.preprocessing,
+            &self.bottleneck,
+        )
+        .with_context(|| format!("cannot prepare backbone {} for inference", self.name))?;
         if plan.output_len == 0 {
             bail!("bottleneck {:?} of {} is empty", self.bottleneck, self.name);
         }
@@ -212,19 +217,26 @@ pub struct Plan {
 
 impl Plan {
     /// Loads `proto` with a fixed batch-1 input shaped by `preprocessing`, output `output`.
-    pub fn new(proto: &ModelProto, preprocessing: &Preprocessing, output: &str) -> Result<Plan> {
+    /// An owned `proto` is dropped as soon as tract has its own copy of the weights, so
+    /// that the allocator hands that memory to tract's next copies instead of faulting in
+    /// fresh pages (see `keep_freed_memory` in main.rs).
+    pub fn new(
+        proto: Cow<'_, ModelProto>,
+        preprocessing: &Preprocessing,
+        output: &str,
+    ) -> Result<Plan> {
         prefer_fastest_matmul_kernels();
         let (h, w) = (preprocessing.height as usize, preprocessing.width as usize);
         let shape = match preprocessing.layout {
             Layout::Nchw => [1, 3, h, w],
             Layout::Nhwc => [1, h, w, 3],
         };
-        let mut model = tract_onnx::onnx()
-            .model_for_proto_model(proto)?
+        let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
+        drop(proto);
+        let mut model = model
             .with_input_fact(0, f32::fact(shape).into())?
             .with_outputs_by_name([output])?
-            .into_typed()?
-            .into_decluttered()?;
+            .into_typed()?;
         crate::accelerate::apply(&mut model)?;
         let model = model.into_optimized()?;
         let fact = model.output_fact(0)?;

@@ -1,6 +1,7 @@
 //! Classifying images with a retrained graph. Preprocessing comes from the graph's own
 //! metadata, never from flags, so it cannot drift from what retrain did.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ impl RetrainedGraph {
             .map_err(|e| anyhow!("cannot read graph {}: {}", path.display(), io_reason(&e)))?;
         let display = path.display().to_string();
         let proto = decode_model(&bytes, &display)?;
+        // Freed memory is reused by the copies tract makes next (see `Plan::new`).
+        drop(bytes);
         let metadata: HashMap<&str, &str> = proto
             .metadata_props
             .iter()
@@ -57,9 +60,9 @@ impl RetrainedGraph {
             .and_then(|g| g.output.first())
             .map(|o| o.name.clone())
             .ok_or_else(|| anyhow!("{display} has no output"))?;
-        let plan = Plan::new(&proto, &preprocessing, &output)
-            .with_context(|| format!("cannot prepare {display} for inference"))?;
         let labels = resolve_labels(&metadata, labels_file, &display)?;
+        let plan = Plan::new(Cow::Owned(proto), &preprocessing, &output)
+            .with_context(|| format!("cannot prepare {display} for inference"))?;
         if labels.len() != plan.output_len {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",

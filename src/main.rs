@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             eprintln!("error: internal error ({info}); please report this as a bug");
         }
     }));
+    keep_freed_memory();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Retrain(args) => retrain(*args),
@@ -33,6 +34,19 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(exit::FATAL)
         }
+    }
+}
+
+/// Makes glibc's malloc reuse freed blocks of up to 32 MiB instead of returning each one to
+/// the kernel: tract copies the backbone's weights and allocates every layer's output
+/// afresh, and with glibc's defaults each of those is a new mapping whose pages fault in one
+/// by one (half of a one-image `label` was kernel time).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 

@@ -1,40 +1,50 @@
 //! A 1x1 ("pointwise") convolution op for the backbone's tract plan, blocked for the cache.
 //!
 //! Why: once [`crate::direct_conv`] took the depthwise layers, MobileNet v1's 13 pointwise
-//! layers were ~80% of inference. tract runs them as a matrix product at close to the
-//! FMA units' peak when the image is small (14x14: ~52 G multiply-adds/s here), but well
-//! below it on the early, large layers (112x112 with 32 inputs: ~21 G/s), where its packed
-//! copy of the activations no longer fits the cache and is swept once per band of output
-//! channels. Here the columns (pixels) are cut into chunks whose packed copy fits in L2, and
-//! every chunk is finished, all output channels, before the next is packed.
+//! layers were ~80% of inference. tract ran them as a matrix product near the FMA units'
+//! peak on small images (14x14: ~52 G multiply-adds/s here), but well below it on the early,
+//! large ones (112x112 with 32 inputs: ~21 G/s), where its packed copy of the activations
+//! no longer fits the cache. Taking every pointwise layer also spares tract's declutter,
+//! which copied each of their weight tensors several times per plan build (see
+//! [`crate::accelerate`]).
 //!
 //! How: the output is `clamp(W x X + bias)` with `W` `outputs x inputs` and `X` `inputs x
-//! pixels` (channels first, batch one). `W` is packed once, when the plan is built, into
-//! bands of [`ROWS`] output channels, inputs-major, so the kernel broadcasts six consecutive
-//! weights per input. A chunk of `X` is packed into panels of 16 (or, for the last few
-//! pixels, 8) columns. The kernel keeps a 6 x 16 tile of outputs in twelve AVX2 registers,
-//! adds `inputs` rank-one updates with FMA, then the bias and the clamp (a fused ReLU6), and
-//! stores the tile once.
+//! pixels` (channels first, batch one). The kernel keeps a tile of outputs in twelve AVX2
+//! registers, adds `inputs` rank-one updates with FMA, then the bias and the clamp (a fused
+//! ReLU6), and stores the tile once. `W` is packed when the plan is built, in bands of
+//! output channels, inputs-major; `X` is packed per call, in panels of pixels. Which way the
+//! tile lies depends on the image ([`Orientation`]).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::Add;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// Output channels per band of packed weights, and rows of the kernel's tile.
-pub const ROWS: usize = 6;
+/// How a layer's outputs are laid over the kernel's registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Orientation {
+    /// Vector lanes run along pixels: tiles of 6 channels x 16 pixels, so stores are whole
+    /// vectors. For large images: their pixels are cut into chunks whose packed copy fits
+    /// in L2, and each chunk is finished, all channels, before the next is packed.
+    PixelLanes,
+    /// Vector lanes run along output channels: tiles of 16 channels x 6 pixels. For small
+    /// images (14x14 has 196 pixels, 7x7 49), where panels of 16 pixels would waste much of
+    /// the last one; the tile is transposed on its way out.
+    ChannelLanes,
+}
 
-/// Columns of the kernel's tile: two AVX2 vectors.
-const COLUMNS: usize = 16;
+/// Images with fewer pixels than this use [`Orientation::ChannelLanes`].
+const CHANNEL_LANES_BELOW: usize = 28 * 28;
 
-/// Bytes of packed activations per chunk: half of a 1 MiB L2, leaving room for the weights
-/// of the band in use and the output rows being written.
+/// Pixels per tile and per panel with [`Orientation::PixelLanes`]: two AVX2 vectors.
+const WIDE: usize = 16;
+
+/// Pixels per tile and per panel with [`Orientation::ChannelLanes`].
+const NARROW: usize = 6;
+
+/// Bytes of packed activations per chunk ([`Orientation::PixelLanes`]): half of a 1 MiB
+/// L2, leaving room for the weights of the band in use and the output rows being written.
 const CHUNK_BYTES: usize = 512 * 1024;
-
-/// Smaller images stay with tract, whose kernel is as fast there (MobileNet v1's 14x14
-/// layers: 0.99 ms against this op's 1.04; 7x7: 0.61 against 0.70).
-const MIN_PIXELS: usize = 28 * 28;
 
 /// Shape of one pointwise layer, fixed when the plan is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,8 +62,24 @@ impl Pointwise {
         self.height * self.width
     }
 
+    pub fn orientation(&self) -> Orientation {
+        if self.pixels() < CHANNEL_LANES_BELOW {
+            Orientation::ChannelLanes
+        } else {
+            Orientation::PixelLanes
+        }
+    }
+
+    /// Output channels per band of packed weights: the tile's channels.
+    fn band(&self) -> usize {
+        match self.orientation() {
+            Orientation::PixelLanes => 6,
+            Orientation::ChannelLanes => 16,
+        }
+    }
+
     fn bands(&self) -> usize {
-        self.outputs.div_ceil(ROWS)
+        self.outputs.div_ceil(self.band())
     }
 
     fn output_shape(&self) -> Vec<usize> {
@@ -64,10 +90,11 @@ impl Pointwise {
         shape
     }
 
-    /// Columns packed at a time: as many whole panels as fit in [`CHUNK_BYTES`], at least one.
-    fn chunk_columns(&self) -> usize {
-        let fit = CHUNK_BYTES / (4 * self.inputs) / COLUMNS * COLUMNS;
-        fit.clamp(COLUMNS, self.pixels().next_multiple_of(COLUMNS))
+    /// Pixels packed at a time ([`Orientation::PixelLanes`]): as many whole panels as fit
+    /// in [`CHUNK_BYTES`], at least one.
+    fn chunk_pixels(&self) -> usize {
+        let fit = CHUNK_BYTES / (4 * self.inputs) / WIDE * WIDE;
+        fit.clamp(WIDE, self.pixels().next_multiple_of(WIDE))
     }
 }
 
@@ -77,150 +104,110 @@ pub struct Eligible {
     /// The weights and bias laid out by [`pack_weights`].
     pub weights: Tensor,
     pub bias: Tensor,
-    /// The outlet the op's output replaces: the bias addition if there is one, else the
-    /// product itself.
-    pub last: OutletId,
 }
 
-/// `node` as a pointwise layer, if it is one this op can run. tract's declutter turns a
-/// 1x1 convolution with unit stride and no padding into an `EinSum` such as
-/// `NIHW,OI->OHW` with constant weights, followed by an `Add` of a constant `O,1,1` bias;
-/// that is the pattern matched here, by the axes' roles rather than their letters. Batch
-/// one, channels first, f32, concrete shapes; anything else stays tract's.
+/// `node` as a pointwise layer, if it is one this op can run: a float 1x1 `Conv` with unit
+/// stride and no padding, batch one, channels first, constant OIHW kernel and bias,
+/// concrete shapes. Anything else stays tract's.
+///
+/// This matches the model before tract's declutter, which would turn such a convolution
+/// into an `EinSum` and, on the way, copy its weights several times.
 pub fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Eligible>> {
-    let Some(einsum) = node.op_as::<EinSum>() else {
+    let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
-    if einsum.q_params.is_some() || node.inputs.len() != 2 {
+    let spec = &conv.pool_spec;
+    let (inputs, outputs) = (conv.input_channels(), conv.output_channels());
+    let plain = conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && conv.group == 1
+        && spec.kernel_shape.as_slice() == [1, 1]
+        && (0..2).all(|axis| spec.stride(axis) == 1)
+        && node.inputs.len() == 3;
+    if !plain {
         return Ok(None);
     }
-    let data = model.outlet_fact(node.inputs[0])?;
-    let output = model.outlet_fact(OutletId::new(node.id, 0))?;
-    let Some(kernel) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
+    let facts = [0, 1, 2].map(|slot| model.outlet_fact(node.inputs[slot]));
+    let [data, kernel, bias] = facts;
+    let (data, kernel, bias) = (data?, kernel?, bias?);
+    let Some(dims) = data.shape.as_concrete() else {
         return Ok(None);
     };
-    let (Some(dims), Some(out_dims)) = (data.shape.as_concrete(), output.shape.as_concrete())
-    else {
+    let batched = match (spec.data_format, dims.len()) {
+        (DataFormat::NCHW, 4) if dims[0] == 1 => true,
+        (DataFormat::CHW, 3) => false,
+        _ => return Ok(None),
+    };
+    let (height, width) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let unpadded = spec
+        .computed_padding(&[height, width])
+        .iter()
+        .zip([height, width])
+        .all(|(p, size)| p.pad_before == 0 && p.convoluted == size);
+    let (Some(kernel), Some(bias)) = (&kernel.konst, &bias.konst) else {
         return Ok(None);
     };
-    let floats = [data.datum_type, kernel.datum_type(), output.datum_type]
+    let fits = kernel.shape() == [outputs, inputs, 1, 1] && bias.len() == outputs;
+    let floats = [data.datum_type, kernel.datum_type(), bias.datum_type()]
         .iter()
         .all(|&t| t == f32::datum_type());
-    if !floats || !is_channel_product(&einsum.axes, dims) || kernel.rank() != 2 {
-        return Ok(None);
-    }
-    let (outputs, inputs) = (kernel.shape()[0], kernel.shape()[1]);
-    if dims[dims.len() - 2] * dims[dims.len() - 1] < MIN_PIXELS {
+    if !(unpadded && fits && floats) {
         return Ok(None);
     }
     let shape = Pointwise {
-        batched: out_dims.len() == 4,
+        batched,
         inputs,
         outputs,
-        height: dims[dims.len() - 2],
-        width: dims[dims.len() - 1],
-    };
-    let out = OutletId::new(node.id, 0);
-    let (bias, last) = match bias_added(model, out, outputs)? {
-        Some((bias, add)) => (bias, OutletId::new(add, 0)),
-        None => (vec![0.0; outputs], out),
+        height,
+        width,
     };
     let kernel = kernel.try_as_plain_ram()?;
-    let (weights, bias) = pack_weights(&shape, kernel.as_slice::<f32>()?, &bias);
+    let bias = bias.try_as_plain_ram()?;
+    let (kernel, bias) = (kernel.as_slice::<f32>()?, bias.as_slice::<f32>()?);
+    let mut packed = Tensor::zero::<f32>(&[shape.bands() * inputs * shape.band()])?;
+    let mut padded = Tensor::zero::<f32>(&[shape.bands() * shape.band()])?;
+    pack_weights(
+        &shape,
+        kernel,
+        bias,
+        packed.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        padded.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+    );
     Ok(Some(Eligible {
         shape,
-        weights: tensor1(&weights),
-        bias: tensor1(&bias),
-        last,
+        weights: packed,
+        bias: padded,
     }))
 }
 
-/// Whether `axes` reads `data` (`1 x I x H x W` or `I x H x W`) and weights `O x I`, sums
-/// over `I` and writes `O x H x W` (or `1 x O x H x W`): a channels-first 1x1 convolution.
-fn is_channel_product(axes: &AxesMapping, dims: &[usize]) -> bool {
-    let (inputs, outputs) = axes.to_strs();
-    let [data, weights] = inputs.as_slice() else {
-        return false;
-    };
-    let [out] = outputs.as_slice() else {
-        return false;
-    };
-    let (data, weights, out): (Vec<char>, Vec<char>, Vec<char>) = (
-        data.chars().collect(),
-        weights.chars().collect(),
-        out.chars().collect(),
-    );
-    let [o, i] = weights[..] else {
-        return false;
-    };
-    let (batch, planes) = match (&data[..], dims) {
-        ([n, c, h, w], [1, _, _, _]) => (Some(*n), [*c, *h, *w]),
-        ([c, h, w], [_, _, _]) => (None, [*c, *h, *w]),
-        _ => return false,
-    };
-    let [c, h, w] = planes;
-    let out_ok = match &out[..] {
-        [oo, oh, ow] => [*oo, *oh, *ow] == [o, h, w],
-        [on, oo, oh, ow] => Some(*on) == batch && [*oo, *oh, *ow] == [o, h, w],
-        _ => false,
-    };
-    c == i && out_ok
-}
-
-/// The constant bias that the single reader of `outlet` adds to it, one value per output
-/// channel (`O x 1 x 1` or `1 x O x 1 x 1`), with that reader's node id.
-fn bias_added(
-    model: &TypedModel,
-    outlet: OutletId,
-    outputs: usize,
-) -> TractResult<Option<(Vec<f32>, usize)>> {
-    let successors = model.outlet_successors(outlet);
-    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
-        return Ok(None);
-    }
-    let next = model.node(successors[0].node);
-    let is_add = next
-        .op_as::<TypedBinOp>()
-        .is_some_and(|op| op.0.is::<Add>());
-    if !is_add || next.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = next.inputs[1 - successors[0].slot];
-    let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
-        return Ok(None);
-    };
-    let rank = model.outlet_fact(outlet)?.rank();
-    let mut per_channel = vec![1; rank];
-    per_channel[rank - 3] = outputs;
-    let same =
-        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
-    if !same || konst.shape() != per_channel || konst.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
-    let bias = konst.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    Ok(Some((bias, next.id)))
-}
-
-/// `kernel` (`outputs x inputs`, row-major) as bands of [`ROWS`] output channels, each
-/// `inputs x ROWS`; the rows past `outputs` in the last band are zero. Also returns the
-/// bias padded the same way.
-pub fn pack_weights(shape: &Pointwise, kernel: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (inputs, outputs) = (shape.inputs, shape.outputs);
+/// Packs `kernel` (`outputs x inputs`, row-major) into `packed` as bands of
+/// [`Pointwise::band`] output channels, each `inputs x band`, and `bias` into `padded`;
+/// channels past `outputs` in the last band stay zero (both buffers start zeroed).
+pub fn pack_weights(
+    shape: &Pointwise,
+    kernel: &[f32],
+    bias: &[f32],
+    packed: &mut [f32],
+    padded: &mut [f32],
+) {
+    let (inputs, outputs, band) = (shape.inputs, shape.outputs, shape.band());
     assert!(kernel.len() == inputs * outputs && bias.len() == outputs);
-    let mut packed = vec![0f32; shape.bands() * inputs * ROWS];
-    for (o, row) in kernel.chunks_exact(inputs).enumerate() {
-        let band = &mut packed[o / ROWS * inputs * ROWS..][..inputs * ROWS];
-        for (i, &w) in row.iter().enumerate() {
-            band[i * ROWS + o % ROWS] = w;
+    assert!(packed.len() == shape.bands() * inputs * band && padded.len() == shape.bands() * band);
+    // Written in order, read in `band` streams: faster than the other way round.
+    for (b, dst) in packed.chunks_exact_mut(inputs * band).enumerate() {
+        let rows = &kernel[b * band * inputs..];
+        let channels = band.min(outputs - b * band);
+        for (i, dst) in dst.chunks_exact_mut(band).enumerate() {
+            for (r, d) in dst[..channels].iter_mut().enumerate() {
+                *d = rows[r * inputs + i];
+            }
         }
     }
-    let mut padded = bias.to_vec();
-    padded.resize(shape.bands() * ROWS, 0.0);
-    (packed, padded)
+    padded[..outputs].copy_from_slice(bias);
 }
 
 /// The pointwise convolution node: inputs are the data, the weights as [`pack_weights`]
-/// lays them out, and the padded bias. Its output has the shape of the product it replaces.
+/// lays them out, and the padded bias, as in tract's own `Conv` but packed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PointwiseConv {
     pub shape: Pointwise,
@@ -269,6 +256,7 @@ impl EvalOp for PointwiseConv {
             weights.as_slice::<f32>()?,
             bias.as_slice::<f32>()?,
             output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+            crate::accelerate::has_avx2_fma(),
         );
         Ok(tvec!(output.into_tvalue()))
     }
@@ -293,7 +281,8 @@ impl TypedOp for PointwiseConv {
 }
 
 /// Runs the whole layer: `data` is `inputs x pixels`, `weights` and `bias` as
-/// [`pack_weights`] returns them, `output` `outputs x pixels`.
+/// [`pack_weights`] lays them out, `output` `outputs x pixels`. `fast` picks the AVX2 + FMA
+/// kernels (the caller checks the CPU); otherwise portable code computes the same tiles.
 pub fn convolve(
     shape: &Pointwise,
     clip: (f32, f32),
@@ -301,105 +290,178 @@ pub fn convolve(
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
+    fast: bool,
 ) {
-    let (inputs, pixels) = (shape.inputs, shape.pixels());
+    let (inputs, pixels, band) = (shape.inputs, shape.pixels(), shape.band());
     assert!(data.len() == inputs * pixels && output.len() == shape.outputs * pixels);
-    assert!(weights.len() == shape.bands() * inputs * ROWS && bias.len() == shape.bands() * ROWS);
-    let chunk = shape.chunk_columns();
+    assert!(weights.len() == shape.bands() * inputs * band && bias.len() == shape.bands() * band);
+    let bands = (0..shape.bands()).map(|b| Band {
+        weights: &weights[b * inputs * band..][..inputs * band],
+        bias: &bias[b * band..][..band],
+        clip,
+        channels: band.min(shape.outputs - b * band),
+        first: b * band,
+    });
+    match shape.orientation() {
+        Orientation::PixelLanes => pixel_lanes(shape, data, bands, output, fast),
+        Orientation::ChannelLanes => channel_lanes(shape, data, bands, output, fast),
+    }
+}
+
+/// One band of output channels: its packed weights, padded bias, clamp, real channel count
+/// and first channel.
+struct Band<'a> {
+    weights: &'a [f32],
+    bias: &'a [f32],
+    clip: (f32, f32),
+    channels: usize,
+    first: usize,
+}
+
+/// [`Orientation::PixelLanes`]: chunk by chunk, every band over every panel of the chunk.
+fn pixel_lanes<'a>(
+    shape: &Pointwise,
+    data: &[f32],
+    bands: impl Iterator<Item = Band<'a>> + Clone,
+    output: &mut [f32],
+    fast: bool,
+) {
+    let (inputs, pixels, chunk) = (shape.inputs, shape.pixels(), shape.chunk_pixels());
     let mut panels = vec![0f32; inputs * chunk];
-    let fast = crate::accelerate::has_avx2_fma();
     for start in (0..pixels).step_by(chunk) {
-        let columns = chunk.min(pixels - start);
-        pack_panels(data, pixels, inputs, start, columns, &mut panels);
-        for band in 0..shape.bands() {
-            let tile = Tile {
-                weights: &weights[band * inputs * ROWS..][..inputs * ROWS],
-                bias: &bias[band * ROWS..][..ROWS],
-                clip,
-                rows: ROWS.min(shape.outputs - band * ROWS),
-            };
-            let out = &mut output[band * ROWS * pixels..];
-            for (p, panel) in (0..columns).step_by(COLUMNS).enumerate() {
-                let width = COLUMNS.min(columns - panel);
-                let packed = &panels[p * inputs * COLUMNS..];
-                let out = &mut out[start + panel..];
-                tile.run(packed, width, out, pixels, fast);
+        let count = chunk.min(pixels - start);
+        pack_wide_panels(data, pixels, inputs, start, count, &mut panels);
+        for band in bands.clone() {
+            let out = &mut output[band.first * pixels + start..];
+            for (p, first) in (0..count).step_by(WIDE).enumerate() {
+                let width = WIDE.min(count - first);
+                let panel = &panels[p * inputs * WIDE..];
+                band.pixel_tile(panel, width, &mut out[first..], pixels, fast);
             }
         }
     }
 }
 
-/// Copies `columns` columns of `data` (`inputs x pixels`) from `start` into panels of
-/// [`COLUMNS`] columns, input-major; the last panel is 8 wide if at most 8 columns are left,
-/// and zero-padded.
-fn pack_panels(
+/// [`Orientation::ChannelLanes`]: all pixels packed at once, then every band over every panel.
+fn channel_lanes<'a>(
+    shape: &Pointwise,
+    data: &[f32],
+    bands: impl Iterator<Item = Band<'a>>,
+    output: &mut [f32],
+    fast: bool,
+) {
+    let (inputs, pixels) = (shape.inputs, shape.pixels());
+    let mut panels = vec![0f32; pixels.div_ceil(NARROW) * inputs * NARROW];
+    for (p, panel) in panels.chunks_exact_mut(inputs * NARROW).enumerate() {
+        let width = NARROW.min(pixels - p * NARROW);
+        for (i, dst) in panel.chunks_exact_mut(NARROW).enumerate() {
+            dst[..width].copy_from_slice(&data[i * pixels + p * NARROW..][..width]);
+        }
+    }
+    for band in bands {
+        let out = &mut output[band.first * pixels..];
+        for (p, panel) in panels.chunks_exact(inputs * NARROW).enumerate() {
+            let width = NARROW.min(pixels - p * NARROW);
+            band.channel_tile(panel, width, &mut out[p * NARROW..], pixels, fast);
+        }
+    }
+}
+
+/// Copies `count` pixels of `data` (`inputs x pixels`) from `start` into panels of [`WIDE`]
+/// pixels, input-major; the last panel is 8 wide if at most 8 pixels are left, and
+/// zero-padded.
+fn pack_wide_panels(
     data: &[f32],
     pixels: usize,
     inputs: usize,
     start: usize,
-    columns: usize,
+    count: usize,
     panels: &mut [f32],
 ) {
-    for (p, panel) in (0..columns).step_by(COLUMNS).enumerate() {
-        let width = COLUMNS.min(columns - panel);
-        let stride = panel_stride(width);
-        let dst = &mut panels[p * inputs * COLUMNS..][..inputs * stride];
+    for (p, first) in (0..count).step_by(WIDE).enumerate() {
+        let width = WIDE.min(count - first);
+        let stride = wide_panel_stride(width);
+        let dst = &mut panels[p * inputs * WIDE..][..inputs * stride];
         for (i, dst) in dst.chunks_exact_mut(stride).enumerate() {
-            let src = &data[i * pixels + start + panel..][..width];
-            dst[..width].copy_from_slice(src);
+            dst[..width].copy_from_slice(&data[i * pixels + start + first..][..width]);
             dst[width..].fill(0.0);
         }
     }
 }
 
-/// Floats per input in a panel holding `width` columns: 8 or 16.
-fn panel_stride(width: usize) -> usize {
+/// Floats per input in a [`WIDE`] panel holding `width` pixels: 8 or 16.
+fn wide_panel_stride(width: usize) -> usize {
     if width <= 8 {
         8
     } else {
-        COLUMNS
+        WIDE
     }
 }
 
-/// One band of output channels: its packed weights, padded bias, clamp and real row count.
-struct Tile<'a> {
-    weights: &'a [f32],
-    bias: &'a [f32],
-    clip: (f32, f32),
-    rows: usize,
-}
+impl Band<'_> {
+    fn inputs(&self) -> usize {
+        self.weights.len() / self.bias.len()
+    }
 
-impl Tile<'_> {
-    /// Writes `rows x width` outputs to `out` (rows `stride` apart) from one packed panel.
-    fn run(&self, panel: &[f32], width: usize, out: &mut [f32], stride: usize, fast: bool) {
-        let inputs = self.weights.len() / ROWS;
-        assert!(panel.len() >= inputs * panel_stride(width));
-        assert!(out.len() >= (self.rows - 1) * stride + width);
+    /// Writes `channels x width` outputs to `out` (channels `stride` apart) from one
+    /// [`WIDE`] panel: a tile of 6 channels x 16 (or 8) pixels.
+    fn pixel_tile(&self, panel: &[f32], width: usize, out: &mut [f32], stride: usize, fast: bool) {
+        assert!(self.bias.len() == 6 && panel.len() >= self.inputs() * wide_panel_stride(width));
+        assert!(out.len() >= (self.channels - 1) * stride + width);
         #[cfg(target_arch = "x86_64")]
         if fast {
             // SAFETY: `fast` is only set when AVX2 and FMA were found; the asserts above
             // bound every read of `panel` and every write to `out`.
             return unsafe {
                 if width > 8 {
-                    x86::tile::<2>(self, panel, width, out, stride)
+                    x86::pixel_tile::<2>(self, panel, width, out, stride)
                 } else {
-                    x86::tile::<1>(self, panel, width, out, stride)
+                    x86::pixel_tile::<1>(self, panel, width, out, stride)
                 }
             };
         }
         let _ = fast;
-        self.portable(panel, width, out, stride);
+        let lanes = wide_panel_stride(width);
+        self.portable_tile(|i, c| panel[i * lanes + c], width, out, stride);
     }
 
-    /// The same tile, one multiply-add at a time.
-    fn portable(&self, panel: &[f32], width: usize, out: &mut [f32], stride: usize) {
-        let lanes = panel_stride(width);
+    /// Writes `channels x width` outputs to `out` (channels `stride` apart) from one
+    /// [`NARROW`] panel: a tile of 16 channels x 6 pixels.
+    fn channel_tile(
+        &self,
+        panel: &[f32],
+        width: usize,
+        out: &mut [f32],
+        stride: usize,
+        fast: bool,
+    ) {
+        assert!(self.bias.len() == 16 && panel.len() == self.inputs() * NARROW);
+        assert!(out.len() >= (self.channels - 1) * stride + width);
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: as in `pixel_tile`.
+            return unsafe { x86::channel_tile(self, panel, width, out, stride) };
+        }
+        let _ = fast;
+        self.portable_tile(|i, c| panel[i * NARROW + c], width, out, stride);
+    }
+
+    /// Either tile one multiply-add at a time; `pixel(i, c)` reads input `i` of the
+    /// tile's pixel `c`.
+    fn portable_tile(
+        &self,
+        pixel: impl Fn(usize, usize) -> f32,
+        width: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let band = self.bias.len();
         let (low, high) = self.clip;
-        for r in 0..self.rows {
+        for r in 0..self.channels {
             for c in 0..width {
                 let mut sum = self.bias[r];
-                for (i, w) in self.weights.chunks_exact(ROWS).enumerate() {
-                    sum += w[r] * panel[i * lanes + c];
+                for (i, w) in self.weights.chunks_exact(band).enumerate() {
+                    sum += w[r] * pixel(i, c);
                 }
                 out[r * stride + c] = sum.max(low).min(high);
             }
@@ -409,30 +471,30 @@ impl Tile<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Tile, ROWS};
+    use super::{Band, NARROW};
     use std::arch::x86_64::*;
 
-    /// A `ROWS x 8V` tile: `V` vectors of 8 columns per row, all in registers.
+    /// A 6 x `8V` tile, lanes along pixels: `V` vectors of 8 pixels per channel.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; `panel` holds `inputs x 8V` floats and `out`
-    /// reaches `(tile.rows - 1) * stride + width` (checked by the caller).
+    /// reaches `(band.channels - 1) * stride + width` (checked by the caller).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const V: usize>(
-        tile: &Tile,
+    pub unsafe fn pixel_tile<const V: usize>(
+        band: &Band,
         panel: &[f32],
         width: usize,
         out: &mut [f32],
         stride: usize,
     ) {
-        let inputs = tile.weights.len() / ROWS;
-        let (w, x) = (tile.weights.as_ptr(), panel.as_ptr());
+        const ROWS: usize = 6;
+        let (w, x) = (band.weights.as_ptr(), panel.as_ptr());
         let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
         unsafe {
             for (r, row) in acc.iter_mut().enumerate() {
-                *row = [_mm256_broadcast_ss(&tile.bias[r]); V];
+                *row = [_mm256_broadcast_ss(&band.bias[r]); V];
             }
-            for i in 0..inputs {
+            for i in 0..band.inputs() {
                 let mut xs = [_mm256_setzero_ps(); V];
                 for (v, xv) in xs.iter_mut().enumerate() {
                     *xv = _mm256_loadu_ps(x.add((i * V + v) * 8));
@@ -444,9 +506,9 @@ mod x86 {
                     }
                 }
             }
-            let (low, high) = (_mm256_set1_ps(tile.clip.0), _mm256_set1_ps(tile.clip.1));
+            let (low, high) = (_mm256_set1_ps(band.clip.0), _mm256_set1_ps(band.clip.1));
             let dst = out.as_mut_ptr();
-            for (r, row) in acc.iter().enumerate().take(tile.rows) {
+            for (r, row) in acc.iter().enumerate().take(band.channels) {
                 let dst = dst.add(r * stride);
                 if width == 8 * V {
                     for (v, a) in row.iter().enumerate() {
@@ -460,6 +522,56 @@ mod x86 {
                         _mm256_storeu_ps(b.as_mut_ptr(), a);
                     }
                     std::ptr::copy_nonoverlapping(buffer.as_ptr() as *const f32, dst, width);
+                }
+            }
+        }
+    }
+
+    /// A 16 x 6 tile, lanes along channels: two vectors of 8 channels per pixel; the
+    /// result is transposed through a buffer into the channel-major output.
+    ///
+    /// # Safety
+    /// As for [`pixel_tile`], with `panel` holding `inputs x 6` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn channel_tile(
+        band: &Band,
+        panel: &[f32],
+        width: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let (w, x) = (band.weights.as_ptr(), panel.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 2]; NARROW];
+        unsafe {
+            let bias = [
+                _mm256_loadu_ps(&band.bias[0]),
+                _mm256_loadu_ps(&band.bias[8]),
+            ];
+            acc.fill(bias);
+            for i in 0..band.inputs() {
+                let ws = [
+                    _mm256_loadu_ps(w.add(i * 16)),
+                    _mm256_loadu_ps(w.add(i * 16 + 8)),
+                ];
+                for (c, pixel) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_broadcast_ss(&*x.add(i * NARROW + c));
+                    for (a, wv) in pixel.iter_mut().zip(ws) {
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+            let (low, high) = (_mm256_set1_ps(band.clip.0), _mm256_set1_ps(band.clip.1));
+            let mut buffer = [[0f32; 16]; NARROW];
+            for (b, pixel) in buffer.iter_mut().zip(&acc) {
+                for (v, a) in pixel.iter().enumerate() {
+                    let a = _mm256_min_ps(_mm256_max_ps(*a, low), high);
+                    _mm256_storeu_ps(b.as_mut_ptr().add(v * 8), a);
+                }
+            }
+            let dst = out.as_mut_ptr();
+            for r in 0..band.channels {
+                for (c, b) in buffer.iter().enumerate().take(width) {
+                    *dst.add(r * stride + c) = b[r];
                 }
             }
         }
@@ -494,16 +606,21 @@ mod tests {
 
     #[test]
     fn matches_the_definition_for_every_shape_and_path() {
-        // (inputs, outputs, height, width): full tiles, partial bands, 8- and 16-wide tails,
-        // one pixel, and chunks of more than one panel (4096 inputs: one panel per chunk).
+        // (inputs, outputs, height, width). Pixel lanes (784 pixels or more): full tiles,
+        // partial bands, 8- and 16-wide tails, chunks of one panel (4096 inputs) and of
+        // several. Channel lanes (fewer): MobileNet's 14x14 and 7x7 layers, partial bands
+        // and panels, one pixel.
         let cases = [
-            (32, 64, 16, 16),
+            (32, 64, 28, 28),
+            (17, 13, 29, 31),
+            (4096, 7, 28, 29),
+            (64, 20, 100, 41),
+            (512, 512, 14, 14),
+            (1024, 1024, 7, 7),
             (5, 7, 3, 5),
             (13, 6, 7, 7),
             (8, 13, 1, 1),
-            (17, 12, 5, 9),
-            (4096, 7, 5, 7),
-            (64, 20, 100, 41),
+            (17, 33, 5, 9),
         ];
         for (inputs, outputs, height, width) in cases {
             let s = Pointwise {
@@ -516,46 +633,23 @@ mod tests {
             let data = values(inputs * s.pixels(), 7);
             let kernel = values(inputs * outputs, 11);
             let bias = values(outputs, 13);
-            let (weights, padded) = pack_weights(&s, &kernel, &bias);
+            let mut weights = vec![0f32; s.bands() * inputs * s.band()];
+            let mut padded = vec![0f32; s.bands() * s.band()];
+            pack_weights(&s, &kernel, &bias, &mut weights, &mut padded);
+            let expected = reference(&s, &data, &kernel, &bias);
             for (low, high) in [(f32::NEG_INFINITY, f32::INFINITY), (-0.5, 0.5)] {
-                let expected = reference(&s, &data, &kernel, &bias);
-                let mut fast = vec![f32::NAN; expected.len()];
-                convolve(&s, (low, high), &data, &weights, &padded, &mut fast);
-                let mut portable = vec![f32::NAN; expected.len()];
-                portable_convolve(&s, (low, high), &data, &weights, &padded, &mut portable);
-                let tolerance = 1e-5 * inputs as f32;
-                for (i, e) in expected.iter().map(|e| e.max(low).min(high)).enumerate() {
-                    let (f, p) = (fast[i], portable[i]);
-                    assert!((f - e).abs() < tolerance, "{s:?} fast [{i}] {f} vs {e}");
-                    assert!((p - e).abs() < tolerance, "{s:?} portable [{i}] {p} vs {e}");
+                for fast in [crate::accelerate::has_avx2_fma(), false] {
+                    let mut out = vec![f32::NAN; expected.len()];
+                    convolve(&s, (low, high), &data, &weights, &padded, &mut out, fast);
+                    let tolerance = 1e-5 * inputs as f32;
+                    for (i, e) in expected.iter().map(|e| e.max(low).min(high)).enumerate() {
+                        let o = out[i];
+                        assert!(
+                            (o - e).abs() < tolerance,
+                            "{s:?} fast {fast} [{i}] {o} vs {e}"
+                        );
+                    }
                 }
-            }
-        }
-    }
-
-    /// [`convolve`] with the portable tile forced.
-    fn portable_convolve(
-        s: &Pointwise,
-        clip: (f32, f32),
-        data: &[f32],
-        weights: &[f32],
-        bias: &[f32],
-        output: &mut [f32],
-    ) {
-        let (inputs, pixels) = (s.inputs, s.pixels());
-        let mut panels = vec![0f32; inputs * pixels.next_multiple_of(COLUMNS)];
-        pack_panels(data, pixels, inputs, 0, pixels, &mut panels);
-        for band in 0..s.bands() {
-            let tile = Tile {
-                weights: &weights[band * inputs * ROWS..][..inputs * ROWS],
-                bias: &bias[band * ROWS..][..ROWS],
-                clip,
-                rows: ROWS.min(s.outputs - band * ROWS),
-            };
-            for (p, panel) in (0..pixels).step_by(COLUMNS).enumerate() {
-                let width = COLUMNS.min(pixels - panel);
-                let out = &mut output[band * ROWS * pixels + panel..];
-                tile.run(&panels[p * inputs * COLUMNS..], width, out, pixels, false);
             }
         }
     }
