@@ -3,7 +3,10 @@
 //! layers), on one thread and on two threads sharing one plan, and prints the largest
 //! difference between their outputs.
 //!
-//!     cargo run --release --example backbone_speed [RUNS] [--nodes]
+//!     cargo run --release --example backbone_speed [RUNS] [--nodes] [--model PATH]
+//!
+//! `--model` times another ONNX backbone instead of the embedded one (its bottleneck output
+//! and input layout found as `flowers retrain --model` finds them).
 //!
 //! `--nodes` also lists the time of every node of flowers' plan taking over 0.05 ms (one
 //! thread, averaged over RUNS): how the stem, the ReLU6 passes and the slow pointwise layers were found.
@@ -13,19 +16,31 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use flowers::backbone::{Backbone, ModelSource, Overrides};
+use flowers::preprocess::Layout;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{eval, SimpleState};
 
-fn plan(accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
+fn plan(backbone: &Backbone, accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
     let mut model = tract_onnx::onnx()
-        .model_for_read(&mut &flowers::backbone::DEFAULT_MODEL[..])?
-        .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())?
-        .with_outputs_by_name(["features"])?
+        .model_for_proto_model(&backbone.proto)?
+        .with_input_fact(0, f32::fact(input_shape(backbone)).into())?
+        .with_outputs_by_name([backbone.bottleneck.as_str()])?
         .into_typed()?;
     if accelerated {
-        flowers::accelerate::apply(&mut model)?;
+        let replaced = flowers::accelerate::apply(&mut model)?;
+        println!("{replaced} layers run by flowers' ops");
     }
     model.into_optimized()?.into_runnable()
+}
+
+fn input_shape(backbone: &Backbone) -> [usize; 4] {
+    let p = &backbone.preprocessing;
+    let (h, w) = (p.height as usize, p.width as usize);
+    match p.layout {
+        Layout::Nchw => [1, 3, h, w],
+        Layout::Nhwc => [1, h, w, 3],
+    }
 }
 
 /// Milliseconds per image when `threads` threads run `runs` images each.
@@ -73,18 +88,24 @@ fn node_times(plan: &Arc<TypedRunnableModel>, input: &Tensor, runs: usize) -> Tr
 fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let nodes = args.iter().any(|a| a == "--nodes");
-    let runs: usize = args
+    let model = args
         .iter()
-        .find(|a| *a != "--nodes")
-        .map_or(Ok(40), |s| s.parse())?;
-    let input: Tensor =
-        tract_ndarray::Array4::<f32>::from_shape_fn((1, 3, 224, 224), |(_, c, y, x)| {
-            ((c * 7 + y * 3 + x) % 255) as f32 / 128.0 - 1.0
-        })
-        .into();
+        .position(|a| a == "--model")
+        .map(|i| &args[i + 1]);
+    let runs = args.iter().find_map(|a| a.parse().ok()).unwrap_or(40);
+    let source = match model {
+        Some(path) => ModelSource::File(path.into()),
+        None => ModelSource::Embedded,
+    };
+    let backbone = Backbone::load(&source, &Overrides::default())?;
+    let shape = input_shape(&backbone);
+    let input: Tensor = tract_ndarray::ArrayD::<f32>::from_shape_fn(&shape[..], |index| {
+        ((index[1] * 7 + index[2] * 3 + index[3]) % 255) as f32 / 128.0 - 1.0
+    })
+    .into();
     let mut outputs = vec![];
     for (name, accelerated) in [("tract", false), ("flowers ops", true)] {
-        let plan = plan(accelerated)?;
+        let plan = plan(&backbone, accelerated)?;
         let output = plan.run(tvec!(input.clone().into()))?.remove(0);
         outputs.push(
             output
