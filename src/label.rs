@@ -43,9 +43,8 @@ impl RetrainedGraph {
         let bytes = fs::read(path)
             .map_err(|e| anyhow!("cannot read graph {}: {}", path.display(), io_reason(&e)))?;
         let display = path.display().to_string();
-        let proto = decode_model(&bytes, &display)?;
-        // Freed memory is reused by the copies tract makes next (see `Plan::new`).
-        drop(bytes);
+        // Consumed, so its memory is freed for the copies tract makes next (see `Plan::new`).
+        let proto = decode_model(bytes, &display)?;
         let metadata: HashMap<&str, &str> = proto
             .metadata_props
             .iter()
