@@ -24,8 +24,7 @@ fn main() -> TractResult<()> {
         None => flowers::backbone::DEFAULT_MODEL.to_vec(),
     };
     lap("read");
-    let proto = tract_onnx::pb::ModelProto::decode(&bytes[..])?;
-    drop(bytes);
+    let proto = tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(bytes))?;
     lap("protobuf decode");
     let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
     drop(proto);
