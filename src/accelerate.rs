@@ -10,6 +10,7 @@
 //! below checks a whole bottleneck against tract's own plan on a real photo.
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::math::{Max, Min};
 
@@ -47,8 +48,8 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
 fn swap(model: &TypedModel, node: &TypedNode, layer: Layer) -> TractResult<TypedModelPatch> {
     let unclamped = OutletId::new(node.id, 0);
     let (clip, last) = match fused_clip(model, unclamped)? {
-        Some((low, high, last)) => (Some([low.to_bits(), high.to_bits()]), last),
-        None => (None, unclamped),
+        Some((low, high, last)) => (Clip::new(low, high), last),
+        None => (Clip::default(), unclamped),
     };
     let mut patch = TypedModelPatch::default();
     let mut inputs = patch.taps(model, &node.inputs)?;
@@ -127,6 +128,51 @@ fn bounded_by<B: BinMiniOp>(
     Ok((same_shape && !value.is_nan()).then_some((next.id, value)))
 }
 
+/// The bounds a fused clamp (ReLU6, or ReLU) puts on a layer's outputs, kept as `f32` bits
+/// so that the ops stay `Eq` and `Hash` as tract wants; the default is no clamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Clip(Option<[u32; 2]>);
+
+impl Clip {
+    pub fn new(low: f32, high: f32) -> Clip {
+        Clip(Some([low.to_bits(), high.to_bits()]))
+    }
+
+    pub fn is_fused(self) -> bool {
+        self.0.is_some()
+    }
+
+    /// `(low, high)`; infinite when nothing was fused.
+    pub fn bounds(self) -> (f32, f32) {
+        match self.0 {
+            Some([low, high]) => (f32::from_bits(low), f32::from_bits(high)),
+            None => (f32::NEG_INFINITY, f32::INFINITY),
+        }
+    }
+}
+
+/// `eval` of flowers' ops, which all take data, weights and bias: hands `compute` the three
+/// as `f32` slices and a new output of `shape`, which `compute` must fill entirely.
+pub(crate) fn eval_f32(
+    inputs: TVec<TValue>,
+    shape: &[usize],
+    compute: impl FnOnce(&[f32], &[f32], &[f32], &mut [f32]),
+) -> TractResult<TVec<TValue>> {
+    let (data, weights, bias) = args_3!(inputs);
+    let data = data.try_as_plain_ram()?;
+    let weights = weights.try_as_plain_ram()?;
+    let bias = bias.try_as_plain_ram()?;
+    // SAFETY: f32 has no invalid bit patterns, and `compute` writes every element.
+    let mut output = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    compute(
+        data.as_slice::<f32>()?,
+        weights.as_slice::<f32>()?,
+        bias.as_slice::<f32>()?,
+        output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+    );
+    Ok(tvec!(output.into_tvalue()))
+}
+
 /// Whether the AVX2 + FMA paths of flowers' ops may run.
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -180,8 +226,9 @@ mod tests {
             // Every one of those layers is followed by ReLU6, fused in.
             let fused = plan.model().nodes().iter();
             let fused = fused.filter(|n| {
-                n.op_as::<DirectConv>().is_some_and(|d| d.clip.is_some())
-                    || n.op_as::<PointwiseConv>().is_some_and(|p| p.clip.is_some())
+                n.op_as::<DirectConv>().is_some_and(|d| d.clip.is_fused())
+                    || n.op_as::<PointwiseConv>()
+                        .is_some_and(|p| p.clip.is_fused())
             });
             assert_eq!(fused.count(), replaced);
             let output = plan.run(tvec!(input.clone().into())).unwrap();

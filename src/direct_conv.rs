@@ -20,6 +20,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::accelerate::{eval_f32, has_avx2_fma, Clip};
+
 /// Dense convolutions with at most this many input channels (a network's stem, on RGB) run
 /// here too: tract lowers them to a matrix product with a 27-deep inner dimension, its least
 /// efficient shape. Deeper inputs are tract's.
@@ -222,17 +224,8 @@ fn gather(src: &[f32], dst: &mut [f32], stride: usize) {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirectConv {
     pub geometry: Geometry,
-    /// Bounds the outputs are clamped to (ReLU6 fused in), as `f32` bits so the op is `Eq`.
-    pub clip: Option<[u32; 2]>,
-}
-
-impl DirectConv {
-    fn clip(&self) -> (f32, f32) {
-        match self.clip {
-            Some([low, high]) => (f32::from_bits(low), f32::from_bits(high)),
-            None => (f32::NEG_INFINITY, f32::INFINITY),
-        }
-    }
+    /// The clamp applied as outputs are stored (a fused ReLU6).
+    pub clip: Clip,
 }
 
 /// What is done to each output besides the taps: `min(max(bias + sum, low), high)`.
@@ -263,20 +256,17 @@ impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (data, kernel, bias) = args_3!(inputs);
-        let data = data.try_as_plain_ram()?;
-        let kernel = kernel.try_as_plain_ram()?;
-        let bias = bias.try_as_plain_ram()?;
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.geometry.output_shape())? };
-        convolve(
-            &self.geometry,
-            self.clip(),
-            data.as_slice::<f32>()?,
-            kernel.as_slice::<f32>()?,
-            bias.as_slice::<f32>()?,
-            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        );
-        Ok(tvec!(output.into_tvalue()))
+        let shape = self.geometry.output_shape();
+        eval_f32(inputs, &shape, |data, kernel, bias, output| {
+            convolve(
+                &self.geometry,
+                self.clip.bounds(),
+                data,
+                kernel,
+                bias,
+                output,
+            )
+        })
     }
 }
 
@@ -313,7 +303,7 @@ pub fn convolve(
     assert!(data.len() == g.inputs * plane && kernel.len() == g.channels * taps);
     assert!(bias.len() == g.channels && output.len() == g.channels * out_plane);
     let offsets = g.tap_offsets();
-    let fast = crate::accelerate::has_avx2_fma();
+    let fast = has_avx2_fma();
     let finish = |c: usize| Finish {
         bias: bias[c],
         low,

@@ -20,6 +20,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::accelerate::{eval_f32, has_avx2_fma, Clip};
+
 /// How a layer's outputs are laid over the kernel's registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Orientation {
@@ -211,17 +213,8 @@ pub fn pack_weights(
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PointwiseConv {
     pub shape: Pointwise,
-    /// Bounds the outputs are clamped to (ReLU6 fused in), as `f32` bits so the op is `Eq`.
-    pub clip: Option<[u32; 2]>,
-}
-
-impl PointwiseConv {
-    fn clip(&self) -> (f32, f32) {
-        match self.clip {
-            Some([low, high]) => (f32::from_bits(low), f32::from_bits(high)),
-            None => (f32::NEG_INFINITY, f32::INFINITY),
-        }
-    }
+    /// The clamp applied as outputs are stored (a fused ReLU6).
+    pub clip: Clip,
 }
 
 impl Op for PointwiseConv {
@@ -244,21 +237,22 @@ impl EvalOp for PointwiseConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (data, weights, bias) = args_3!(inputs);
-        let data = data.try_as_plain_ram()?;
-        let weights = weights.try_as_plain_ram()?;
-        let bias = bias.try_as_plain_ram()?;
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.shape.output_shape())? };
-        convolve(
-            &self.shape,
-            self.clip(),
-            data.as_slice::<f32>()?,
-            weights.as_slice::<f32>()?,
-            bias.as_slice::<f32>()?,
-            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-            crate::accelerate::has_avx2_fma(),
-        );
-        Ok(tvec!(output.into_tvalue()))
+        let fast = has_avx2_fma();
+        eval_f32(
+            inputs,
+            &self.shape.output_shape(),
+            |data, weights, bias, output| {
+                convolve(
+                    &self.shape,
+                    self.clip.bounds(),
+                    data,
+                    weights,
+                    bias,
+                    output,
+                    fast,
+                )
+            },
+        )
     }
 }
 
@@ -650,7 +644,7 @@ mod tests {
             pack_weights(&s, &kernel, &bias, &mut weights, &mut padded);
             let expected = reference(&s, &data, &kernel, &bias);
             for (low, high) in [(f32::NEG_INFINITY, f32::INFINITY), (-0.5, 0.5)] {
-                for fast in [crate::accelerate::has_avx2_fma(), false] {
+                for fast in [has_avx2_fma(), false] {
                     let mut out = vec![f32::NAN; expected.len()];
                     convolve(&s, (low, high), &data, &weights, &padded, &mut out, fast);
                     let tolerance = 1e-5 * inputs as f32;
