@@ -21,9 +21,10 @@ use crate::pointwise::{self, PointwiseConv};
 /// that follows it; returns how many were replaced. Run it on the typed model, before
 /// `into_optimized`: replacing the convolutions before tract's declutter also spares the
 /// declutter's work on them, which copies every weight tensor several times (in tract 0.23
-/// its axis-change search deep-copies each constant it tries; with the depthwise layers
-/// still in, it tried moving the channel axis last throughout the network: ~100 MB of
-/// copies and 20-30 ms of a 100 ms `label`).
+/// its axis-change search deep-copies each constant it tries, and with the depthwise layers
+/// still in it tried moving the channel axis last throughout the network; it then copies
+/// each 1x1 kernel again into matrix form: ~100 MB of copies for MobileNet v1's 17 MB of
+/// weights, and 47-75 ms from protobuf to plan against 18-32 ms now; BENCHMARKS.md).
 ///
 /// Only CPUs with AVX2 and FMA get the swap: elsewhere (older x86, ARM, where tract has
 /// its own vector kernels) the portable paths would not beat tract, so the plan is left as is.
