@@ -1,5 +1,5 @@
 //! Times the embedded backbone in tract with tract's own convolutions and with flowers' ops
-//! swapped in (`flowers::accelerate`: depthwise layers, the stem and the large pointwise
+//! swapped in (`flowers::backbone::accelerate`: depthwise layers, the stem and the large pointwise
 //! layers), on one thread and on two threads sharing one plan, and prints the largest
 //! difference between their outputs.
 //!
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flowers::backbone::{Backbone, ModelSource, Overrides};
-use flowers::preprocess::Layout;
+use flowers::image::Layout;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{eval, SimpleState};
 
@@ -28,7 +28,7 @@ fn plan(backbone: &Backbone, accelerated: bool) -> TractResult<Arc<TypedRunnable
         .with_outputs_by_name([backbone.bottleneck.as_str()])?
         .into_typed()?;
     if accelerated {
-        let replaced = flowers::accelerate::apply(&mut model)?;
+        let replaced = flowers::backbone::accelerate(&mut model)?;
         println!("{replaced} layers run by flowers' ops");
     }
     model.into_optimized()?.into_runnable()

@@ -33,7 +33,7 @@ fn main() -> TractResult<()> {
         .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())?
         .into_typed()?;
     lap("typed");
-    let replaced = flowers::accelerate::apply(&mut model)?;
+    let replaced = flowers::backbone::accelerate(&mut model)?;
     lap(&format!("flowers ops ({replaced})"));
     let model = model.into_optimized()?;
     lap("declutter + optimise");

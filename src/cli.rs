@@ -1,16 +1,15 @@
-//! The command line: clap definitions and their translation into library options.
-//! retrain.py's underscore spellings (`--image_dir`) are accepted as hidden aliases, so old
-//! commands run as written.
+//! The command line: clap definitions, turned once into [`crate::options`] by
+//! [`Cli::into_command`]. retrain.py's underscore spellings (`--image_dir`) are accepted
+//! as hidden aliases, so old commands run as written.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use flowers::backbone::{ModelSource, Overrides};
-use flowers::label::channels;
-use flowers::preprocess::ResizeRule;
-use flowers::retrain::RetrainOptions;
-use flowers::train::TrainingOptions;
+use crate::backbone::{ModelSource, Overrides};
+use crate::image::{parse_channels, ResizeRule};
+use crate::options::{self, EvaluateOptions, LabelOptions, RetrainOptions};
+use crate::train::TrainingOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +24,10 @@ use flowers::train::TrainingOptions;
         2 usage, dataset, model or output error; 3 accuracy below --assert-accuracy-at-least."
 )]
 pub struct Cli {
+    /// No progress bars and no informational lines on stderr; warnings and errors remain.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,6 +40,14 @@ pub enum Command {
     Label(LabelArgs),
     /// Measure a retrained graph on a folder with one sub-folder of images per class.
     Evaluate(EvaluateArgs),
+    /// Print a shell completion script: `flowers completions bash > ~/.local/share/bash-completion/completions/flowers`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `flowers man > ~/.local/share/man/man1/flowers.1`.
+    Man,
 }
 
 #[derive(Args, Debug)]
@@ -261,8 +272,73 @@ pub struct LabelArgs {
     pub threads: Option<u32>,
 }
 
+/// What the command line asks for.
+pub enum Request {
+    /// A pipeline to run.
+    Run(options::Command),
+    /// Text to print on stdout (completions, the man page).
+    Print(Vec<u8>),
+}
+
+impl Cli {
+    /// Turns the parsed command line into what to do; flag values that clap cannot check
+    /// alone (sums of percentages, channel lists) are checked here, with one-line errors.
+    pub fn into_request(self) -> Result<Request, String> {
+        Ok(match self.command {
+            Command::Retrain(args) => {
+                Request::Run(options::Command::Retrain(Box::new(args.into_options()?)))
+            }
+            Command::Label(args) => Request::Run(options::Command::Label(args.into_options())),
+            Command::Evaluate(args) => {
+                Request::Run(options::Command::Evaluate(args.into_options()))
+            }
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "flowers", &mut script);
+                Request::Print(script)
+            }
+            Command::Man => {
+                let mut page = Vec::new();
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut page)
+                    .map_err(|e| format!("cannot render the man page: {e}"))?;
+                Request::Print(page)
+            }
+        })
+    }
+}
+
+impl LabelArgs {
+    fn into_options(self) -> LabelOptions {
+        let mut inputs = self.image;
+        inputs.extend(self.paths);
+        LabelOptions {
+            inputs,
+            graph: self.graph,
+            labels: self.labels,
+            top_k: self.top_k as usize,
+            json: self.json,
+            threads: self.threads.map(|t| t as usize),
+        }
+    }
+}
+
+impl EvaluateArgs {
+    fn into_options(self) -> EvaluateOptions {
+        EvaluateOptions {
+            graph: self.graph,
+            image_dir: self.image_dir,
+            labels: self.labels,
+            json: self.json,
+            report_dir: self.report_dir,
+            assert_accuracy_at_least: self.assert_accuracy_at_least,
+            threads: self.threads.map(|t| t as usize),
+        }
+    }
+}
+
 impl RetrainArgs {
-    pub fn into_options(self) -> Result<RetrainOptions, String> {
+    fn into_options(self) -> Result<RetrainOptions, String> {
         let percentages = self.testing_percentage + self.validation_percentage;
         if self.testing_percentage < 0.0 || self.validation_percentage < 0.0 || percentages >= 100.0
         {
@@ -310,6 +386,8 @@ impl RetrainArgs {
             threads: self.threads.map(|t| t as usize),
             summaries_dir: self.summaries_dir,
             report_dir: self.report_dir,
+            json: self.json,
+            assert_accuracy_at_least: self.assert_accuracy_at_least,
         })
     }
 }
@@ -326,7 +404,7 @@ impl BackboneArgs {
         let parse = |value: &Option<String>, flag: &str| {
             value
                 .as_deref()
-                .map(|v| channels(v, flag).map_err(|e| e.to_string()))
+                .map(|v| parse_channels(v, flag))
                 .transpose()
         };
         let std = parse(&self.input_std, "--input-std")?;

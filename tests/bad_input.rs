@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use flowers::preprocess::{decode_rgb, Layout, Preprocessing, ResizeRule};
+use flowers::image::{decode_rgb, Layout, Preprocessing, ResizeRule};
 use prost::Message;
 
 use common::{copy_sample, flowers, retrain, stderr, stdout};
@@ -66,38 +66,33 @@ fn exif_orientation_is_applied() {
 }
 
 #[test]
-fn broken_files_are_refused_with_a_reason() {
-    for (name, reason) in [
-        ("empty.jpg", "empty file"),
-        ("random_bytes.jpg", "not a supported image"),
-        ("notes.txt", "not a supported image"),
-        ("huge_header.png", "60000x60000"),
-        ("truncated.jpg", "truncated JPEG"),
-    ] {
+fn broken_files_are_refused_with_their_kind() {
+    for (name, kind) in BROKEN_KINDS {
         let start = Instant::now();
         let error = preprocessing()
             .tensor_from_bytes(&fs::read(odd(name)).unwrap())
             .unwrap_err();
-        assert!(error.contains(reason), "{name}: {error}");
-        assert!(!error.contains('\n'), "{name}: {error}");
+        assert_eq!(error.kind(), kind, "{name}: {error}");
+        let message = error.to_string();
+        assert!(!message.contains('\n'), "{name}: {message}");
         assert!(start.elapsed().as_secs() < 2, "{name} took too long");
     }
 }
 
-/// Files that are not usable images, in `tests/data/odd`.
-const BROKEN: [&str; 5] = [
-    "empty.jpg",
-    "random_bytes.jpg",
-    "notes.txt",
-    "huge_header.png",
-    "truncated.jpg",
+/// Files that are not usable images, in `tests/data/odd`, and the kind of problem each is.
+const BROKEN_KINDS: [(&str, &str); 5] = [
+    ("empty.jpg", "empty"),
+    ("random_bytes.jpg", "not_an_image"),
+    ("notes.txt", "not_an_image"),
+    ("huge_header.png", "too_large"),
+    ("truncated.jpg", "truncated"),
 ];
 
 /// A dataset full of traps: broken files, hidden files, nested folders, odd names.
 fn messy_dataset(root: &Path) -> usize {
     copy_sample(root, &["daisy", "roses"], 4);
     let daisy = root.join("daisy");
-    for name in BROKEN {
+    for (name, _) in BROKEN_KINDS {
         fs::copy(odd(name), daisy.join(name)).unwrap();
     }
     for name in ["cmyk.jpg", "photo.webp", "rgb16.png", "png_named.jpg"] {
@@ -130,10 +125,17 @@ fn retrain_skips_and_counts_bad_images() {
     let summary: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     let skipped = summary["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), broken, "{skipped:?}");
+    for (name, kind) in BROKEN_KINDS {
+        let entry = skipped
+            .iter()
+            .find(|s| s["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not in {skipped:?}"));
+        assert_eq!(entry["kind"], kind, "{entry}");
+    }
     // Recognised as images by content: 8 sample photos, 4 odd roses, 4 odd daisies
     // (grayscale, gif, bmp, png) and the 2 broken ones that look like images at first.
     assert_eq!(summary["images"], 18);
-    for name in BROKEN {
+    for (name, _) in BROKEN_KINDS {
         let line = err
             .lines()
             .find(|l| l.contains(name))
@@ -177,6 +179,14 @@ fn label_labels_every_good_file_and_exits_1_for_bad_ones() {
         .filter_map(|l| l.get("error").map(|_| l["image"].as_str().unwrap()))
         .collect();
     assert_eq!(failed.len(), 6, "{failed:?}"); // 5 broken + README.txt
+    for line in lines.iter().filter(|l| l.get("error").is_some()) {
+        let image = line["image"].as_str().unwrap();
+        let expected = BROKEN_KINDS
+            .iter()
+            .find(|(name, _)| image.ends_with(name))
+            .map_or("not_an_image", |(_, kind)| kind); // README.txt
+        assert_eq!(line["kind"], expected, "{line}");
+    }
     assert_eq!(labelled, entries - 6);
     assert_eq!(stderr(&output).lines().count(), 6, "{}", stderr(&output));
 }

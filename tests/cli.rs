@@ -138,3 +138,40 @@ fn usage_errors_exit_2_with_one_line() {
     assert!(stderr(&no_graph).contains("retrained_graph.onnx"));
     assert_eq!(stderr(&no_graph).lines().count(), 1);
 }
+
+#[test]
+fn quiet_keeps_results_and_warnings_but_drops_progress_lines() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    common::copy_sample(&cwd.join("images"), &["daisy", "roses"], 3);
+    std::fs::write(cwd.join("images/daisy/notes.txt"), "not an image").unwrap();
+    let output = common::retrain(cwd, "images", 20, &["--quiet"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).starts_with("Final test accuracy"));
+    let err = stderr(&output);
+    assert!(err.contains("warning: skipping"), "{err}");
+    assert!(
+        !err.contains("Step 0:") && !err.contains("Bottlenecks:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_binary() {
+    let work = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let output = flowers(&["completions", shell], work.path());
+        assert!(output.status.success(), "{shell}: {}", stderr(&output));
+        let script = stdout(&output);
+        assert!(
+            script.contains("retrain") && script.contains("image-dir"),
+            "{shell}"
+        );
+    }
+    let man = flowers(&["man"], work.path());
+    assert!(man.status.success(), "{}", stderr(&man));
+    assert!(stdout(&man).starts_with(".ie"), "{}", stdout(&man));
+    assert!(stdout(&man).contains(".TH flowers 1"), "{}", stdout(&man));
+    let unknown = flowers(&["completions", "tcsh"], work.path());
+    assert_eq!(unknown.status.code(), Some(2));
+}

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{copy_sample, flowers, sample_dir, stderr, stdout};
 
@@ -69,10 +69,18 @@ fn killed_extraction_resumes_and_gives_the_same_graph() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Kill it once some entries are written: the point is a run killed halfway.
+    let started = Instant::now();
+    while cache_entries(&cwd.join("cache")).len() < 5 && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done_before = cache_entries(&cwd.join("cache")).len();
+    assert!(
+        done_before > 0,
+        "the run was killed before it wrote any entry"
+    );
     assert!(done_before < 70, "the run finished before it was killed");
     assert!(!cwd.join("graph.onnx").exists());
 
@@ -102,8 +110,6 @@ fn damaged_cache_entries_are_recomputed() {
     let bytes = fs::read(&entries[0]).unwrap();
     fs::write(&entries[0], &bytes[..bytes.len() / 2]).unwrap();
     fs::write(&entries[1], vec![0u8; bytes.len()]).unwrap();
-    let other_model = cwd.join("cache/0000000000000000");
-    fs::create_dir_all(&other_model).unwrap();
     let mut foreign = fs::read(&entries[3]).unwrap();
     foreign[8] ^= 0xFF; // another backbone identity in the header
     fs::write(&entries[2], &foreign).unwrap();
@@ -160,8 +166,10 @@ fn killed_while_writing_outputs_never_leaves_a_half_written_graph() {
     assert!(flowers(&args, cwd).status.success());
     let new = fs::read(cwd.join("graph.onnx")).unwrap();
     assert_ne!(old, new);
-    // Kill seed-2 runs at many moments, over a seed-1 graph: the graph is always whole.
-    for delay_ms in (0..1200).step_by(60) {
+    // Kill seed-2 runs over a seed-1 graph the moment their temporary output file shows
+    // up, that is while the graph is being written: the graph is always whole.
+    let mut landed_while_writing = 0;
+    for _ in 0..20 {
         fs::write(cwd.join("graph.onnx"), &old).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowers"))
             .args(&args)
@@ -170,14 +178,46 @@ fn killed_while_writing_outputs_never_leaves_a_half_written_graph() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill().ok();
+        while child.try_wait().unwrap().is_none() {
+            if temporary_outputs(cwd) > 0 {
+                child.kill().ok();
+                landed_while_writing += 1;
+                break;
+            }
+        }
         child.wait().unwrap();
         let now = fs::read(cwd.join("graph.onnx")).unwrap();
-        assert!(
-            now == old || now == new,
-            "half-written graph after {delay_ms} ms"
-        );
+        assert!(now == old || now == new, "half-written graph");
+        remove_temporary_outputs(cwd);
+        if landed_while_writing >= 3 {
+            break;
+        }
+    }
+    assert!(
+        landed_while_writing >= 3,
+        "only {landed_while_writing} of 20 kills landed while outputs were being written"
+    );
+}
+
+/// The temporary files of outputs being written (see `util::atomic`).
+fn temporary_outputs(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".flowers-tmp-"))
+        .count()
+}
+
+fn remove_temporary_outputs(dir: &Path) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".flowers-tmp-")
+        {
+            fs::remove_file(entry.path()).ok();
+        }
     }
 }
 

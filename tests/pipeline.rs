@@ -8,8 +8,8 @@ use std::fs;
 use flowers::backbone::{Backbone, ModelSource, Overrides, DEFAULT_MODEL};
 use flowers::bottleneck::{extract_all, Cache};
 use flowers::dataset::Dataset;
-use flowers::export::{retrained_graph, write_graph};
-use flowers::label::RetrainedGraph;
+use flowers::graph::RetrainedGraph;
+use flowers::graph::{retrained_graph, write_graph};
 use flowers::train::FinalLayer;
 use prost::Message;
 use rand::SeedableRng;
@@ -77,7 +77,7 @@ fn cache_is_keyed_by_image_content_and_model() {
     assert_eq!(fourth.get(0), first.get(3));
 
     // Another model file (the same network with different bytes) never reuses vectors.
-    let mut proto = flowers::backbone::decode_model(DEFAULT_MODEL, "default").unwrap();
+    let mut proto = flowers::backbone::onnx::decode_model(DEFAULT_MODEL, "default").unwrap();
     proto.doc_string = "another model".into();
     let other_path = dir.path().join("other.onnx");
     fs::write(&other_path, proto.encode_to_vec()).unwrap();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use flowers::summary::{read_events, ValueKind, What};
+use flowers::report::tensorboard::{read_events, ValueKind, What};
 
 use common::{copy_sample, flowers, retrain, sample_dir, stderr, stdout};
 

@@ -4,7 +4,7 @@
 //! any panic is a crash libFuzzer reports.
 #![no_main]
 
-use flowers::preprocess::{decode_rgb, Layout, Preprocessing, ResizeRule};
+use flowers::image::{decode_rgb, Layout, Preprocessing, ResizeRule};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,0 +1,536 @@
+//! A 1x1 ("pointwise") convolution op for the backbone's tract plan, blocked for the cache.
+//!
+//! Why: once [`super::direct_conv`] took the depthwise layers, MobileNet v1's 13 pointwise
+//! layers were most of inference. tract ran them as a matrix product near the FMA units'
+//! peak on small images, but well below it on the early, large ones, where its packed copy
+//! of the activations no longer fits the cache (BENCHMARKS.md has the figures). Taking
+//! every pointwise layer also spares tract's declutter, which copied each of their weight
+//! tensors several times per plan build (see [`super::apply`]).
+//!
+//! How: the output is `clamp(W x X + bias)` with `W` `outputs x inputs` and `X` `inputs x
+//! pixels` (channels first, batch one). The kernel keeps a tile of outputs in twelve AVX2
+//! registers, adds `inputs` rank-one updates with FMA, then the bias and the clamp (a fused
+//! ReLU6), and stores the tile once. `W` is packed when the plan is built, in bands of
+//! output channels, inputs-major; `X` is packed per call, in panels of pixels. Which way the
+//! tile lies depends on the image ([`Orientation`]).
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_avx2;
+
+use super::cpu::Avx2Fma;
+use super::op::{eval_f32, Clip};
+
+/// How a layer's outputs are laid over the kernel's registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Orientation {
+    /// Vector lanes run along pixels: tiles of 6 channels x 16 pixels, so stores are whole
+    /// vectors. For large images: their pixels are cut into chunks whose packed copy fits
+    /// in L2, and each chunk is finished, all channels, before the next is packed.
+    PixelLanes,
+    /// Vector lanes run along output channels: tiles of 16 channels x 6 pixels. For small
+    /// images (14x14 has 196 pixels, 7x7 49), where panels of 16 pixels would waste much of
+    /// the last one; the tile is transposed on its way out.
+    ChannelLanes,
+}
+
+/// Images with fewer pixels than this use [`Orientation::ChannelLanes`].
+const CHANNEL_LANES_BELOW: usize = 28 * 28;
+
+/// Pixels per tile and per panel with [`Orientation::PixelLanes`]: two AVX2 vectors.
+const WIDE: usize = 16;
+
+/// Pixels per tile and per panel with [`Orientation::ChannelLanes`].
+const NARROW: usize = 6;
+
+/// Bytes of packed activations per chunk ([`Orientation::PixelLanes`]): half of a 1 MiB
+/// L2, leaving room for the weights of the band in use and the output rows being written.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+/// Shape of one pointwise layer, fixed when the plan is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Pointwise {
+    /// Whether the tensors carry a leading batch axis of 1 (NCHW) or none (CHW).
+    pub batched: bool,
+    pub inputs: usize,
+    pub outputs: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Pointwise {
+    fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    pub fn orientation(&self) -> Orientation {
+        if self.pixels() < CHANNEL_LANES_BELOW {
+            Orientation::ChannelLanes
+        } else {
+            Orientation::PixelLanes
+        }
+    }
+
+    /// Output channels per band of packed weights: the tile's channels.
+    fn band(&self) -> usize {
+        match self.orientation() {
+            Orientation::PixelLanes => 6,
+            Orientation::ChannelLanes => 16,
+        }
+    }
+
+    fn bands(&self) -> usize {
+        self.outputs.div_ceil(self.band())
+    }
+
+    fn output_shape(&self) -> Vec<usize> {
+        let mut shape = vec![self.outputs, self.height, self.width];
+        if self.batched {
+            shape.insert(0, 1);
+        }
+        shape
+    }
+
+    /// Pixels packed at a time ([`Orientation::PixelLanes`]): as many whole panels as fit
+    /// in [`CHUNK_BYTES`], at least one.
+    fn chunk_pixels(&self) -> usize {
+        let fit = CHUNK_BYTES / (4 * self.inputs) / WIDE * WIDE;
+        fit.clamp(WIDE, self.pixels().next_multiple_of(WIDE))
+    }
+}
+
+/// A layer [`PointwiseConv`] can take over, found by [`eligible`].
+pub(crate) struct Eligible {
+    pub shape: Pointwise,
+    /// The weights and bias laid out by [`pack_weights`].
+    pub weights: Tensor,
+    pub bias: Tensor,
+}
+
+/// `node` as a pointwise layer, if it is one this op can run: a float 1x1 `Conv` with unit
+/// stride and no padding, batch one, channels first, constant OIHW kernel and bias,
+/// concrete shapes. Anything else stays tract's.
+///
+/// This matches the model before tract's declutter, which would turn such a convolution
+/// into an `EinSum` and, on the way, copy its weights several times.
+pub(crate) fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Eligible>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let (inputs, outputs) = (conv.input_channels(), conv.output_channels());
+    let plain = conv.q_params.is_none()
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && conv.group == 1
+        && spec.kernel_shape.as_slice() == [1, 1]
+        && (0..2).all(|axis| spec.stride(axis) == 1)
+        && node.inputs.len() == 3;
+    if !plain {
+        return Ok(None);
+    }
+    let facts = [0, 1, 2].map(|slot| model.outlet_fact(node.inputs[slot]));
+    let [data, kernel, bias] = facts;
+    let (data, kernel, bias) = (data?, kernel?, bias?);
+    let Some(dims) = data.shape.as_concrete() else {
+        return Ok(None);
+    };
+    let batched = match (spec.data_format, dims.len()) {
+        (DataFormat::NCHW, 4) if dims[0] == 1 => true,
+        (DataFormat::CHW, 3) => false,
+        _ => return Ok(None),
+    };
+    let (height, width) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let unpadded = spec
+        .computed_padding(&[height, width])
+        .iter()
+        .zip([height, width])
+        .all(|(p, size)| p.pad_before == 0 && p.convoluted == size);
+    let (Some(kernel), Some(bias)) = (&kernel.konst, &bias.konst) else {
+        return Ok(None);
+    };
+    let fits = kernel.shape() == [outputs, inputs, 1, 1] && bias.len() == outputs;
+    let floats = [data.datum_type, kernel.datum_type(), bias.datum_type()]
+        .iter()
+        .all(|&t| t == f32::datum_type());
+    if !(unpadded && fits && floats) {
+        return Ok(None);
+    }
+    let shape = Pointwise {
+        batched,
+        inputs,
+        outputs,
+        height,
+        width,
+    };
+    let kernel = kernel.try_as_plain_ram()?;
+    let bias = bias.try_as_plain_ram()?;
+    let (kernel, bias) = (kernel.as_slice::<f32>()?, bias.as_slice::<f32>()?);
+    let mut packed = Tensor::zero::<f32>(&[shape.bands() * inputs * shape.band()])?;
+    let mut padded = Tensor::zero::<f32>(&[shape.bands() * shape.band()])?;
+    pack_weights(
+        &shape,
+        kernel,
+        bias,
+        packed.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        padded.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+    );
+    Ok(Some(Eligible {
+        shape,
+        weights: packed,
+        bias: padded,
+    }))
+}
+
+/// Packs `kernel` (`outputs x inputs`, row-major) into `packed` as bands of
+/// [`Pointwise::band`] output channels, each `inputs x band`, and `bias` into `padded`;
+/// channels past `outputs` in the last band stay zero (both buffers start zeroed).
+pub(crate) fn pack_weights(
+    shape: &Pointwise,
+    kernel: &[f32],
+    bias: &[f32],
+    packed: &mut [f32],
+    padded: &mut [f32],
+) {
+    let (inputs, outputs, band) = (shape.inputs, shape.outputs, shape.band());
+    assert!(kernel.len() == inputs * outputs && bias.len() == outputs);
+    assert!(packed.len() == shape.bands() * inputs * band && padded.len() == shape.bands() * band);
+    // Written in order, read in `band` streams: faster than the other way round.
+    for (b, dst) in packed.chunks_exact_mut(inputs * band).enumerate() {
+        let rows = &kernel[b * band * inputs..];
+        let channels = band.min(outputs - b * band);
+        for (i, dst) in dst.chunks_exact_mut(band).enumerate() {
+            for (r, d) in dst[..channels].iter_mut().enumerate() {
+                *d = rows[r * inputs + i];
+            }
+        }
+    }
+    padded[..outputs].copy_from_slice(bias);
+}
+
+/// The pointwise convolution node: inputs are the data, the weights as [`pack_weights`]
+/// lays them out, and the padded bias, as in tract's own `Conv` but packed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PointwiseConv {
+    pub shape: Pointwise,
+    /// The clamp applied as outputs are stored (a fused ReLU6).
+    pub clip: Clip,
+    /// The kernels this CPU may run.
+    pub isa: Avx2Fma,
+}
+
+impl Op for PointwiseConv {
+    fn name(&self) -> StaticName {
+        "FlowersPointwiseConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}", self.shape)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for PointwiseConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        // SAFETY: `convolve` writes every output: every band's channels over every panel's
+        // pixels (its asserts match `output` to the shape).
+        unsafe {
+            eval_f32(
+                inputs,
+                &self.shape.output_shape(),
+                |data, weights, bias, output| {
+                    convolve(
+                        &self.shape,
+                        self.clip.bounds(),
+                        data,
+                        weights,
+                        bias,
+                        output,
+                        Some(self.isa),
+                    )
+                },
+            )
+        }
+    }
+}
+
+impl TypedOp for PointwiseConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 3,
+            "a pointwise convolution takes data, packed weights and bias"
+        );
+        Ok(tvec!(f32::fact(self.shape.output_shape())))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let s = &self.shape;
+        let fmas = s.outputs * s.inputs * s.pixels();
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.into())))
+    }
+
+    as_op!();
+}
+
+/// Runs the whole layer: `data` is `inputs x pixels`, `weights` and `bias` as
+/// [`pack_weights`] lays them out, `output` `outputs x pixels`. With `isa`, the AVX2 + FMA
+/// kernels run; without, portable code computes the same tiles. Slices of the wrong
+/// length panic here, before any kernel runs.
+pub(crate) fn convolve(
+    shape: &Pointwise,
+    clip: (f32, f32),
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+    isa: Option<Avx2Fma>,
+) {
+    let (inputs, pixels, band) = (shape.inputs, shape.pixels(), shape.band());
+    assert!(data.len() == inputs * pixels && output.len() == shape.outputs * pixels);
+    assert!(weights.len() == shape.bands() * inputs * band && bias.len() == shape.bands() * band);
+    let bands = (0..shape.bands()).map(|b| Band {
+        weights: &weights[b * inputs * band..][..inputs * band],
+        bias: &bias[b * band..][..band],
+        clip,
+        channels: band.min(shape.outputs - b * band),
+        first: b * band,
+    });
+    match shape.orientation() {
+        Orientation::PixelLanes => pixel_lanes(shape, data, bands, output, isa),
+        Orientation::ChannelLanes => channel_lanes(shape, data, bands, output, isa),
+    }
+}
+
+/// One band of output channels: its packed weights, padded bias, clamp, real channel count
+/// and first channel.
+struct Band<'a> {
+    weights: &'a [f32],
+    bias: &'a [f32],
+    clip: (f32, f32),
+    channels: usize,
+    first: usize,
+}
+
+/// [`Orientation::PixelLanes`]: chunk by chunk, every band over every panel of the chunk.
+fn pixel_lanes<'a>(
+    shape: &Pointwise,
+    data: &[f32],
+    bands: impl Iterator<Item = Band<'a>> + Clone,
+    output: &mut [f32],
+    isa: Option<Avx2Fma>,
+) {
+    let (inputs, pixels, chunk) = (shape.inputs, shape.pixels(), shape.chunk_pixels());
+    let mut panels = vec![0f32; inputs * chunk];
+    for start in (0..pixels).step_by(chunk) {
+        let count = chunk.min(pixels - start);
+        pack_wide_panels(data, pixels, inputs, start, count, &mut panels);
+        for band in bands.clone() {
+            let out = &mut output[band.first * pixels + start..];
+            for (p, first) in (0..count).step_by(WIDE).enumerate() {
+                let width = WIDE.min(count - first);
+                let panel = &panels[p * inputs * WIDE..];
+                band.pixel_tile(panel, width, &mut out[first..], pixels, isa);
+            }
+        }
+    }
+}
+
+/// [`Orientation::ChannelLanes`]: all pixels packed at once, then every band over every panel.
+fn channel_lanes<'a>(
+    shape: &Pointwise,
+    data: &[f32],
+    bands: impl Iterator<Item = Band<'a>>,
+    output: &mut [f32],
+    isa: Option<Avx2Fma>,
+) {
+    let (inputs, pixels) = (shape.inputs, shape.pixels());
+    let mut panels = vec![0f32; pixels.div_ceil(NARROW) * inputs * NARROW];
+    for (p, panel) in panels.chunks_exact_mut(inputs * NARROW).enumerate() {
+        let width = NARROW.min(pixels - p * NARROW);
+        for (i, dst) in panel.chunks_exact_mut(NARROW).enumerate() {
+            copy_short(&data[i * pixels + p * NARROW..], &mut dst[..width]);
+        }
+    }
+    for band in bands {
+        let out = &mut output[band.first * pixels..];
+        for (p, panel) in panels.chunks_exact(inputs * NARROW).enumerate() {
+            let width = NARROW.min(pixels - p * NARROW);
+            band.channel_tile(panel, width, &mut out[p * NARROW..], pixels, isa);
+        }
+    }
+}
+
+/// Copies `count` pixels of `data` (`inputs x pixels`) from `start` into panels of [`WIDE`]
+/// pixels, input-major; the last panel is 8 wide if at most 8 pixels are left, and
+/// zero-padded.
+fn pack_wide_panels(
+    data: &[f32],
+    pixels: usize,
+    inputs: usize,
+    start: usize,
+    count: usize,
+    panels: &mut [f32],
+) {
+    for (p, first) in (0..count).step_by(WIDE).enumerate() {
+        let width = WIDE.min(count - first);
+        let stride = wide_panel_stride(width);
+        let dst = &mut panels[p * inputs * WIDE..][..inputs * stride];
+        for (i, dst) in dst.chunks_exact_mut(stride).enumerate() {
+            copy_short(&data[i * pixels + start + first..], &mut dst[..width]);
+            dst[width..].fill(0.0);
+        }
+    }
+}
+
+/// `dst.copy_from_slice(&src[..dst.len()])` for the short rows of a panel: the full-width
+/// cases have a length known at compile time, so they become a few vector moves instead of
+/// a call to `memmove` per row (BENCHMARKS.md).
+#[inline(always)]
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    match dst.len() {
+        WIDE => dst.copy_from_slice(&src[..WIDE]),
+        NARROW => dst.copy_from_slice(&src[..NARROW]),
+        n => dst.copy_from_slice(&src[..n]),
+    }
+}
+
+/// Floats per input in a [`WIDE`] panel holding `width` pixels: 8 or 16.
+fn wide_panel_stride(width: usize) -> usize {
+    if width <= 8 {
+        8
+    } else {
+        WIDE
+    }
+}
+
+impl Band<'_> {
+    fn inputs(&self) -> usize {
+        self.weights.len() / self.bias.len()
+    }
+
+    /// Writes `channels x width` outputs to `out` (channels `stride` apart) from one
+    /// [`WIDE`] panel: a tile of 6 channels x 16 (or 8) pixels.
+    fn pixel_tile(
+        &self,
+        panel: &[f32],
+        width: usize,
+        out: &mut [f32],
+        stride: usize,
+        isa: Option<Avx2Fma>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = isa {
+            return x86_64_avx2::pixel_tile(isa, self, panel, width, out, stride);
+        }
+        let _ = isa;
+        let lanes = wide_panel_stride(width);
+        portable::tile(self, |i, c| panel[i * lanes + c], width, out, stride);
+    }
+
+    /// Writes `channels x width` outputs to `out` (channels `stride` apart) from one
+    /// [`NARROW`] panel: a tile of 16 channels x 6 pixels.
+    fn channel_tile(
+        &self,
+        panel: &[f32],
+        width: usize,
+        out: &mut [f32],
+        stride: usize,
+        isa: Option<Avx2Fma>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = isa {
+            return x86_64_avx2::channel_tile(isa, self, panel, width, out, stride);
+        }
+        let _ = isa;
+        portable::tile(self, |i, c| panel[i * NARROW + c], width, out, stride);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// The definition, in f64.
+    fn reference(s: &Pointwise, data: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+        let pixels = s.pixels();
+        let mut out = vec![0f32; s.outputs * pixels];
+        for o in 0..s.outputs {
+            for p in 0..pixels {
+                let mut sum = bias[o] as f64;
+                for i in 0..s.inputs {
+                    sum += kernel[o * s.inputs + i] as f64 * data[i * pixels + p] as f64;
+                }
+                out[o * pixels + p] = sum as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition_for_every_shape_and_path() {
+        // (inputs, outputs, height, width). Pixel lanes (784 pixels or more): full tiles,
+        // partial bands, 8- and 16-wide tails, chunks of one panel (4096 inputs) and of
+        // several. Channel lanes (fewer): MobileNet's 14x14 and 7x7 layers, partial bands
+        // and panels, one pixel.
+        let cases = [
+            (32, 64, 28, 28),
+            (17, 13, 29, 31),
+            (4096, 7, 28, 29),
+            (64, 20, 100, 41),
+            (512, 512, 14, 14),
+            (1024, 1024, 7, 7),
+            (5, 7, 3, 5),
+            (13, 6, 7, 7),
+            (8, 13, 1, 1),
+            (17, 33, 5, 9),
+        ];
+        for (inputs, outputs, height, width) in cases {
+            let s = Pointwise {
+                batched: true,
+                inputs,
+                outputs,
+                height,
+                width,
+            };
+            let data = values(inputs * s.pixels(), 7);
+            let kernel = values(inputs * outputs, 11);
+            let bias = values(outputs, 13);
+            let mut weights = vec![0f32; s.bands() * inputs * s.band()];
+            let mut padded = vec![0f32; s.bands() * s.band()];
+            pack_weights(&s, &kernel, &bias, &mut weights, &mut padded);
+            let expected = reference(&s, &data, &kernel, &bias);
+            for (low, high) in [(f32::NEG_INFINITY, f32::INFINITY), (-0.5, 0.5)] {
+                for isa in [Avx2Fma::detect(), None] {
+                    let fast = isa.is_some();
+                    let mut out = vec![f32::NAN; expected.len()];
+                    convolve(&s, (low, high), &data, &weights, &padded, &mut out, isa);
+                    let tolerance = 1e-5 * inputs as f32;
+                    for (i, e) in expected.iter().map(|e| e.max(low).min(high)).enumerate() {
+                        let o = out[i];
+                        assert!(
+                            (o - e).abs() < tolerance,
+                            "{s:?} fast {fast} [{i}] {o} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

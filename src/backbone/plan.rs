@@ -1,0 +1,101 @@
+//! The tract plan: a backbone (or a retrained graph) loaded, cut at one output, optimised,
+//! with flowers' own convolution ops swapped in, ready to run on many threads.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+
+use crate::image::{Layout, Preprocessing};
+
+/// Steers tract away from its 512-bit matrix kernels on AMD Zen 4 (CPU family 25).
+///
+/// Zen 4 runs each 512-bit FMA as two 256-bit halves, so those kernels do the same work
+/// as tract's AVX2 ones with more overhead: on an EPYC Zen 4 the backbone ran faster
+/// without them (BENCHMARKS.md). tract's `TRACT_CPU_ISA` knob does the steering; this sets it below the
+/// environment, so a user's own `TRACT_CPU_ISA` still wins. Other CPUs are left to tract.
+fn prefer_fastest_matmul_kernels() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if is_amd_zen4() {
+            // Only fails if another config set the knob differently; keep theirs then.
+            let _ = tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-avx512f");
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+fn is_amd_zen4() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: cpuid exists on every x86_64 CPU; newer rustc deems this block redundant.
+    #[allow(unused_unsafe)]
+    let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    let family = ((signature >> 8) & 0xf) + ((signature >> 20) & 0xff);
+    amd && family == 25 && std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn is_amd_zen4() -> bool {
+    false
+}
+
+/// An optimised tract plan with batch 1 (fastest in tract), shared by worker threads.
+pub struct Plan {
+    runnable: Arc<TypedRunnableModel>,
+    /// Number of values in one output (the batch dimension removed).
+    pub output_len: usize,
+    /// How images become this plan's input.
+    pub preprocessing: Preprocessing,
+}
+
+impl Plan {
+    /// Loads `proto` with a fixed batch-1 input shaped by `preprocessing`, output `output`.
+    /// An owned `proto` is dropped as soon as tract has its own copy of the weights, so
+    /// that the allocator hands that memory to tract's next copies instead of faulting in
+    /// fresh pages (see `keep_freed_memory` in main.rs).
+    pub fn new(
+        proto: Cow<'_, ModelProto>,
+        preprocessing: &Preprocessing,
+        output: &str,
+    ) -> Result<Plan> {
+        prefer_fastest_matmul_kernels();
+        let (h, w) = (preprocessing.height as usize, preprocessing.width as usize);
+        let shape = match preprocessing.layout {
+            Layout::Nchw => [1, 3, h, w],
+            Layout::Nhwc => [1, h, w, 3],
+        };
+        let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
+        drop(proto);
+        let mut model = model
+            .with_input_fact(0, f32::fact(shape).into())?
+            .with_outputs_by_name([output])?
+            .into_typed()?;
+        super::accel::apply(&mut model)?;
+        let model = model.into_optimized()?;
+        let fact = model.output_fact(0)?;
+        let dims = fact
+            .shape
+            .as_concrete()
+            .ok_or_else(|| anyhow!("output {output:?} has no fixed shape"))?
+            .to_vec();
+        if dims.len() == 4 && dims[2] * dims[3] != 1 && dims[1] * dims[2] != 1 {
+            bail!("output {output:?} has shape {dims:?}, not a pooled feature vector");
+        }
+        let output_len = dims.iter().skip(1).product();
+        Ok(Plan {
+            runnable: model.into_runnable()?,
+            output_len,
+            preprocessing: preprocessing.clone(),
+        })
+    }
+
+    /// Runs one input tensor and returns the flattened output.
+    pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
+        let outputs = self.runnable.run(tvec!(input.into()))?;
+        let values = outputs[0].to_plain_array_view::<f32>()?;
+        Ok(values.iter().copied().collect())
+    }
+}

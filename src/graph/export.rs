@@ -1,0 +1,217 @@
+//! Writing the retrained graph (backbone cut at the bottleneck + the new final layer, one
+//! ONNX file that describes itself) and the labels file.
+//!
+//! The graph is built by editing the backbone's own protobuf: nodes after the bottleneck
+//! (the old ImageNet head) are dropped, then Flatten -> Gemm -> Softmax are appended. The
+//! preprocessing travels in `metadata_props`, so `flowers label` and any onnxruntime client
+//! feed it exactly what retrain fed the backbone.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use prost::Message;
+use tract_onnx::pb::{self, ModelProto};
+
+use super::metadata::{keys, GraphMetadata};
+use crate::backbone::Backbone;
+use crate::train::FinalLayer;
+use crate::util::atomic::write_atomically;
+
+const PREFIX: &str = "final_layer/";
+
+/// The retrained graph as an ONNX model.
+pub fn retrained_graph(
+    backbone: &Backbone,
+    layer: &FinalLayer,
+    labels: &[String],
+    final_tensor_name: &str,
+) -> Result<ModelProto> {
+    let mut proto = backbone.proto.clone();
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("backbone has no graph"))?;
+    cut_after(graph, &backbone.bottleneck);
+    let taken: HashSet<String> = graph.node.iter().flat_map(|n| n.output.clone()).collect();
+    if taken.contains(final_tensor_name) || final_tensor_name.starts_with(PREFIX) {
+        bail!(
+            "--final-tensor-name {final_tensor_name:?} clashes with a tensor of the backbone: choose another name"
+        );
+    }
+    append_final_layer(graph, &backbone.bottleneck, layer, final_tensor_name);
+    let batch = batch_dim(graph, &backbone.input_name);
+    graph.output = vec![float_value_info(
+        final_tensor_name,
+        vec![batch, dim_value(labels.len() as i64)],
+    )];
+    proto.producer_name = "flowers".into();
+    proto.producer_version = env!("CARGO_PKG_VERSION").into();
+    let metadata = GraphMetadata {
+        labels: Some(labels.to_vec()),
+        preprocessing: backbone.preprocessing.clone(),
+        backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
+    };
+    proto
+        .metadata_props
+        .retain(|p| !p.key.starts_with(keys::PREFIX));
+    let entries = metadata.to_entries().into_iter();
+    proto
+        .metadata_props
+        .extend(entries.map(|(key, value)| pb::StringStringEntryProto {
+            key: key.to_string(),
+            value,
+        }));
+    Ok(proto)
+}
+
+/// Keeps only the nodes, initializers and value infos the bottleneck depends on.
+fn cut_after(graph: &mut pb::GraphProto, bottleneck: &str) {
+    let mut needed: HashSet<String> = HashSet::from([bottleneck.to_string()]);
+    let mut kept = Vec::new();
+    for node in graph.node.drain(..).rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            needed.extend(node.input.iter().cloned());
+            kept.push(node);
+        }
+    }
+    kept.reverse();
+    graph.node = kept;
+    graph.initializer.retain(|t| needed.contains(&t.name));
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let live: HashSet<&str> = needed.iter().map(String::as_str).collect();
+    graph
+        .input
+        .retain(|i| !inits.contains(i.name.as_str()) || live.contains(i.name.as_str()));
+    graph.value_info.retain(|v| live.contains(v.name.as_str()));
+}
+
+fn append_final_layer(
+    graph: &mut pb::GraphProto,
+    bottleneck: &str,
+    layer: &FinalLayer,
+    final_tensor_name: &str,
+) {
+    let flat = format!("{PREFIX}bottleneck");
+    let weights = format!("{PREFIX}weights");
+    let biases = format!("{PREFIX}biases");
+    let logits = format!("{PREFIX}logits");
+    let (rows, cols) = layer.weights.dim();
+    graph.initializer.push(float_tensor(
+        &weights,
+        vec![rows as i64, cols as i64],
+        layer.weights.iter(),
+    ));
+    graph.initializer.push(float_tensor(
+        &biases,
+        vec![cols as i64],
+        layer.biases.iter(),
+    ));
+    graph.node.push(node(
+        "Flatten",
+        &[bottleneck],
+        &flat,
+        vec![int_attribute("axis", 1)],
+    ));
+    graph
+        .node
+        .push(node("Gemm", &[&flat, &weights, &biases], &logits, vec![]));
+    graph.node.push(node(
+        "Softmax",
+        &[&logits],
+        final_tensor_name,
+        vec![int_attribute("axis", 1)],
+    ));
+}
+
+fn batch_dim(graph: &pb::GraphProto, input: &str) -> pb::tensor_shape_proto::Dimension {
+    use pb::type_proto::Value;
+    graph
+        .input
+        .iter()
+        .find(|i| i.name == input)
+        .and_then(|i| match i.r#type.as_ref()?.value.as_ref()? {
+            Value::TensorType(t) => t.shape.as_ref()?.dim.first().cloned(),
+        })
+        .unwrap_or_else(|| pb::tensor_shape_proto::Dimension {
+            denotation: String::new(),
+            value: Some(pb::tensor_shape_proto::dimension::Value::DimParam(
+                "N".into(),
+            )),
+        })
+}
+
+fn dim_value(value: i64) -> pb::tensor_shape_proto::Dimension {
+    pb::tensor_shape_proto::Dimension {
+        denotation: String::new(),
+        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(value)),
+    }
+}
+
+fn float_value_info(
+    name: &str,
+    dims: Vec<pb::tensor_shape_proto::Dimension>,
+) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto { dim: dims }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn float_tensor<'a>(
+    name: &str,
+    dims: Vec<i64>,
+    values: impl Iterator<Item = &'a f32>,
+) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.to_string(),
+        dims,
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        raw_data: values.flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        name: format!("{PREFIX}{}", op.to_lowercase()),
+        op_type: op.to_string(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn int_attribute(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+/// Writes the retrained graph.
+pub fn write_graph(path: &Path, proto: &ModelProto) -> Result<()> {
+    write_atomically(path, &proto.encode_to_vec())
+}
+
+/// Writes the labels file: one label per line, in output order.
+pub fn write_labels(path: &Path, labels: &[String]) -> Result<()> {
+    let mut text = labels.join("\n");
+    text.push('\n');
+    write_atomically(path, text.as_bytes())
+}

@@ -1,0 +1,185 @@
+//! The contract between `retrain` and `label`: what a retrained graph says about itself.
+//!
+//! `retrain` writes these entries into the graph (ONNX `metadata_props`), and `label` reads
+//! them back, so the labels and the exact preprocessing travel with the graph and cannot
+//! drift from what training used. Both sides go through this one module; the round trip is
+//! tested here.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::image::{channels_text, parse_channels, Layout, Preprocessing, ResizeRule};
+
+/// The keys, all under `flowers.`.
+pub mod keys {
+    pub const LABELS: &str = "flowers.labels";
+    pub const IMAGE_SIZE: &str = "flowers.image_size";
+    pub const LAYOUT: &str = "flowers.layout";
+    pub const MEAN: &str = "flowers.mean";
+    pub const STD: &str = "flowers.std";
+    pub const RESIZE: &str = "flowers.resize";
+    pub const BACKBONE: &str = "flowers.backbone";
+    /// Every key begins with this.
+    pub const PREFIX: &str = "flowers.";
+}
+
+/// What a retrained graph says about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphMetadata {
+    /// The class labels in output order; a graph may leave them to a labels file.
+    pub labels: Option<Vec<String>>,
+    /// How an image becomes the graph's input.
+    pub preprocessing: Preprocessing,
+    /// The backbone: `name sha256:hex`.
+    pub backbone: Option<String>,
+}
+
+impl GraphMetadata {
+    /// The entries as written into a graph, in a fixed order (the same graph bytes for the
+    /// same training run).
+    pub fn to_entries(&self) -> Vec<(&'static str, String)> {
+        let p = &self.preprocessing;
+        let mut entries = Vec::new();
+        if let Some(labels) = &self.labels {
+            let json = serde_json::to_string(labels).expect("strings serialise");
+            entries.push((keys::LABELS, json));
+        }
+        entries.extend([
+            (keys::IMAGE_SIZE, format!("{},{}", p.height, p.width)),
+            (keys::LAYOUT, p.layout.as_str().to_string()),
+            (keys::MEAN, channels_text(&p.mean)),
+            (keys::STD, channels_text(&p.std)),
+            (keys::RESIZE, p.resize.to_string()),
+        ]);
+        if let Some(backbone) = &self.backbone {
+            entries.push((keys::BACKBONE, backbone.clone()));
+        }
+        entries
+    }
+
+    /// Reads the entries of a graph. Keys other than flowers' are ignored; a missing or
+    /// malformed preprocessing key is an error naming it.
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<GraphMetadata> {
+        let map: HashMap<&str, &str> = entries.into_iter().collect();
+        let get = |key: &str| {
+            map.get(key)
+                .copied()
+                .ok_or_else(|| anyhow!("missing metadata {key}"))
+        };
+        let size = get(keys::IMAGE_SIZE)?;
+        let [height, width] = size
+            .split(',')
+            .map(|v| v.trim().parse::<u32>().ok().filter(|&v| v > 0))
+            .collect::<Option<Vec<u32>>>()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| anyhow!("{} must be height,width, got {size:?}", keys::IMAGE_SIZE))?;
+        let preprocessing = Preprocessing {
+            height,
+            width,
+            layout: Layout::parse(get(keys::LAYOUT)?).map_err(|e| anyhow!(e))?,
+            mean: parse_channels(get(keys::MEAN)?, keys::MEAN).map_err(|e| anyhow!(e))?,
+            std: parse_channels(get(keys::STD)?, keys::STD).map_err(|e| anyhow!(e))?,
+            resize: ResizeRule::parse(get(keys::RESIZE)?).map_err(|e| anyhow!(e))?,
+        };
+        if preprocessing
+            .std
+            .iter()
+            .any(|&s| s == 0.0 || !s.is_finite())
+        {
+            bail!("{} must not be zero", keys::STD);
+        }
+        let labels = match map.get(keys::LABELS) {
+            Some(json) => Some(
+                serde_json::from_str(json)
+                    .map_err(|_| anyhow!("unreadable {} metadata", keys::LABELS))?,
+            ),
+            None => None,
+        };
+        Ok(GraphMetadata {
+            labels,
+            preprocessing,
+            backbone: map.get(keys::BACKBONE).map(|b| b.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GraphMetadata {
+        GraphMetadata {
+            labels: Some(vec!["daisy".into(), "roses \"red\"".into(), "花".into()]),
+            preprocessing: Preprocessing {
+                height: 224,
+                width: 192,
+                layout: Layout::Nhwc,
+                mean: [123.675, 116.28, 103.53],
+                std: [58.395, 57.12, 57.375],
+                resize: ResizeRule::CenterCrop(0.875),
+            },
+            backbone: Some("mobilenet_v1_1.0_224 sha256:1eb2".into()),
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let metadata = sample();
+        let entries = metadata.to_entries();
+        let read = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(read.unwrap(), metadata);
+        let no_labels = GraphMetadata {
+            labels: None,
+            backbone: None,
+            ..sample()
+        };
+        let entries = no_labels.to_entries();
+        let read = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(read.unwrap(), no_labels);
+    }
+
+    #[test]
+    fn entries_are_written_as_label_reads_them() {
+        // The exact text is what graphs already written carry: it must not change.
+        let entries = sample().to_entries();
+        let text: Vec<String> = entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            text,
+            [
+                r#"flowers.labels=["daisy","roses \"red\"","花"]"#,
+                "flowers.image_size=224,192",
+                "flowers.layout=NHWC",
+                "flowers.mean=123.675,116.28,103.53",
+                "flowers.std=58.395,57.12,57.375",
+                "flowers.resize=center-crop:0.875",
+                "flowers.backbone=mobilenet_v1_1.0_224 sha256:1eb2",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_keys_are_named() {
+        let entries = sample().to_entries();
+        let without = |key: &str| {
+            let kept = entries.iter().filter(|(k, _)| *k != key);
+            GraphMetadata::from_entries(kept.map(|(k, v)| (*k, v.as_str())))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(without(keys::RESIZE).contains(keys::RESIZE));
+        assert!(without(keys::IMAGE_SIZE).contains(keys::IMAGE_SIZE));
+        let bad = [(keys::IMAGE_SIZE, "224")];
+        let error = GraphMetadata::from_entries(
+            entries
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .filter(|(k, _)| *k != keys::IMAGE_SIZE)
+                .chain(bad),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("height,width"), "{error}");
+    }
+}

@@ -1,0 +1,10 @@
+//! The retrained graph: writing it ([`export`]), what it says about itself
+//! ([`metadata`]), and loading it to classify images ([`classifier`]).
+
+pub mod classifier;
+pub mod export;
+pub mod metadata;
+
+pub use classifier::{read_labels, Prediction, RetrainedGraph, DEFAULT_LABELS};
+pub use export::{retrained_graph, write_graph, write_labels};
+pub use metadata::GraphMetadata;

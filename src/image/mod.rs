@@ -1,0 +1,256 @@
+//! From file bytes to the backbone's input tensor: decode, orient, resize, normalise.
+//!
+//! retrain and label call the very same functions here, so the pixels a trained layer saw
+//! are the pixels it is later asked about: label_image.py's classic bug was a second,
+//! slightly different copy of this code.
+
+mod decode;
+
+use std::fmt;
+
+use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+use tract_onnx::prelude::{tract_ndarray, Tensor};
+
+pub use decode::{decode_rgb, sniff_format, FORMATS, MAX_DECODE_BYTES, MAX_SIDE};
+
+use crate::problem::Problem;
+use crate::util::panic_guard::catching_panics;
+
+/// Memory order of the input tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Layout, String> {
+        match s {
+            "NCHW" => Ok(Layout::Nchw),
+            "NHWC" => Ok(Layout::Nhwc),
+            _ => Err(format!("unknown layout {s:?} (expected NCHW or NHWC)")),
+        }
+    }
+}
+
+/// How a photo of any shape becomes height x width pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ResizeRule {
+    /// The whole image, aspect ratio ignored (retrain.py's rule).
+    Squash,
+    /// The centred square covering this fraction of the shorter side.
+    CenterCrop(f32),
+}
+
+impl ResizeRule {
+    pub fn parse(s: &str) -> Result<ResizeRule, String> {
+        if s == "squash" {
+            return Ok(ResizeRule::Squash);
+        }
+        let fraction = s
+            .strip_prefix("center-crop:")
+            .and_then(|f| f.parse::<f32>().ok())
+            .ok_or_else(|| {
+                format!("unknown resize rule {s:?} (expected squash or center-crop:F)")
+            })?;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(format!(
+                "center-crop fraction must be in (0, 1], got {fraction}"
+            ));
+        }
+        Ok(ResizeRule::CenterCrop(fraction))
+    }
+}
+
+impl fmt::Display for ResizeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResizeRule::Squash => write!(f, "squash"),
+            ResizeRule::CenterCrop(fraction) => write!(f, "center-crop:{fraction}"),
+        }
+    }
+}
+
+/// Everything needed to turn an image into the tensor a graph expects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocessing {
+    pub height: u32,
+    pub width: u32,
+    pub layout: Layout,
+    /// Per channel (R, G, B): the tensor holds `(pixel - mean) / std`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: ResizeRule,
+}
+
+impl Preprocessing {
+    /// A stable text form, used in cache keys so that changing any of it gives new bottlenecks.
+    pub fn descriptor(&self) -> String {
+        format!(
+            "size={}x{};layout={};mean={};std={};resize={}",
+            self.height,
+            self.width,
+            self.layout.as_str(),
+            channels_text(&self.mean),
+            channels_text(&self.std),
+            self.resize
+        )
+    }
+
+    /// Decodes image bytes and returns the input tensor of shape [1, ...].
+    ///
+    /// A panic inside a decoder (a bug on some hostile file) is caught and reported as a
+    /// decode error for this one file, so one bad image never ends a run.
+    pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, Problem> {
+        catching_panics(|| {
+            let rgb = decode_rgb(bytes)?;
+            let resized = self.resize_rgb(rgb)?;
+            Ok(self.normalise(&resized))
+        })
+    }
+
+    /// Resizes to height x width with bilinear filtering (the same filter as Pillow's
+    /// `Image.resize(..., BILINEAR)`, so a Python client reproduces it).
+    pub fn resize_rgb(&self, rgb: RgbImage) -> Result<Vec<u8>, Problem> {
+        let (w, h) = rgb.dimensions();
+        let cannot_resize = |e: &dyn fmt::Display| Problem::Corrupt(format!("cannot resize: {e}"));
+        let src = FirImage::from_vec_u8(w, h, rgb.into_raw(), PixelType::U8x3)
+            .map_err(|e| cannot_resize(&e))?;
+        let mut dst = FirImage::new(self.width, self.height, PixelType::U8x3);
+        let mut options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        if let ResizeRule::CenterCrop(fraction) = self.resize {
+            let side = f64::from(w.min(h)) * f64::from(fraction);
+            let left = (f64::from(w) - side) / 2.0;
+            let top = (f64::from(h) - side) / 2.0;
+            options = options.crop(left, top, side, side);
+        }
+        Resizer::new()
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| cannot_resize(&e))?;
+        Ok(dst.into_vec())
+    }
+
+    /// Turns height x width RGB bytes into the normalised float tensor.
+    pub fn normalise(&self, rgb: &[u8]) -> Tensor {
+        let (h, w) = (self.height as usize, self.width as usize);
+        let scale = self.std.map(|s| 1.0 / s);
+        let value = |y: usize, x: usize, c: usize| {
+            (f32::from(rgb[(y * w + x) * 3 + c]) - self.mean[c]) * scale[c]
+        };
+        let array = match self.layout {
+            Layout::Nchw => {
+                tract_ndarray::Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| value(y, x, c))
+            }
+            Layout::Nhwc => {
+                tract_ndarray::Array4::from_shape_fn((1, h, w, 3), |(_, y, x, c)| value(y, x, c))
+            }
+        };
+        array.into()
+    }
+}
+
+/// One channel triple as text, `R,G,B`: the form of cache keys, graph metadata and flags.
+pub fn channels_text(values: &[f32; 3]) -> String {
+    values
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One value for all channels, or one per channel (`R,G,B`); `what` names the flag or
+/// metadata key in the error.
+pub fn parse_channels(text: &str, what: &str) -> Result<[f32; 3], String> {
+    let values = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<Result<Vec<f32>, _>>()
+        .map_err(|_| format!("bad value {text:?} for {what}"))?;
+    match values[..] {
+        [v] => Ok([v; 3]),
+        [r, g, b] => Ok([r, g, b]),
+        _ => Err(format!(
+            "{what} needs one value or three (R,G,B), got {text:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, ImageFormat};
+    use std::io::Cursor;
+
+    fn png_bytes(image: &DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn preprocessing(layout: Layout) -> Preprocessing {
+        Preprocessing {
+            height: 4,
+            width: 6,
+            layout,
+            mean: [128.0; 3],
+            std: [128.0; 3],
+            resize: ResizeRule::Squash,
+        }
+    }
+
+    #[test]
+    fn resize_rules_parse_and_print() {
+        assert_eq!(ResizeRule::parse("squash").unwrap(), ResizeRule::Squash);
+        let crop = ResizeRule::parse("center-crop:0.875").unwrap();
+        assert_eq!(crop, ResizeRule::CenterCrop(0.875));
+        assert_eq!(crop.to_string(), "center-crop:0.875");
+        assert!(ResizeRule::parse("center-crop:0").is_err());
+        assert!(ResizeRule::parse("stretch").is_err());
+    }
+
+    #[test]
+    fn uniform_image_normalises_to_expected_values() {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(10, 7, image::Rgb([0, 128, 255])));
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let tensor = preprocessing(layout)
+                .tensor_from_bytes(&png_bytes(&image))
+                .unwrap();
+            let view = tensor.to_plain_array_view::<f32>().unwrap();
+            let channel_of = |c: usize| match layout {
+                Layout::Nchw => view[[0, c, 1, 2]],
+                Layout::Nhwc => view[[0, 1, 2, c]],
+            };
+            let expected_shape: &[usize] = match layout {
+                Layout::Nchw => &[1, 3, 4, 6],
+                Layout::Nhwc => &[1, 4, 6, 3],
+            };
+            assert_eq!(view.shape(), expected_shape);
+            assert_eq!(channel_of(0), -1.0);
+            assert_eq!(channel_of(1), 0.0);
+            assert!((channel_of(2) - 127.0 / 128.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn channel_triples_round_trip_through_text() {
+        for values in [[128.0; 3], [123.675, 116.28, 103.53], [0.5, -1.0, 1e-3]] {
+            assert_eq!(
+                parse_channels(&channels_text(&values), "x").unwrap(),
+                values
+            );
+        }
+        assert_eq!(parse_channels("127.5", "x").unwrap(), [127.5; 3]);
+        assert!(parse_channels("1,2", "--input-mean").is_err());
+        assert!(parse_channels("a", "--input-mean").is_err());
+    }
+}

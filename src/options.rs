@@ -1,0 +1,71 @@
+//! What each command is asked to do, as plain data: the command line ([`crate::cli`]) is
+//! turned into these once, checked, and the pipelines never see a flag.
+
+use std::path::PathBuf;
+
+use crate::backbone::{ModelSource, Overrides};
+use crate::train::TrainingOptions;
+
+/// A command to run.
+#[derive(Clone, Debug)]
+pub enum Command {
+    Retrain(Box<RetrainOptions>),
+    Label(LabelOptions),
+    Evaluate(EvaluateOptions),
+}
+
+/// Everything `flowers retrain` can be told.
+#[derive(Clone, Debug)]
+pub struct RetrainOptions {
+    pub image_dir: PathBuf,
+    pub output_graph: PathBuf,
+    pub output_labels: PathBuf,
+    pub bottleneck_dir: PathBuf,
+    pub training: TrainingOptions,
+    /// `None`: the whole test set.
+    pub test_batch_size: Option<usize>,
+    pub testing_percentage: f64,
+    pub validation_percentage: f64,
+    pub print_misclassified_test_images: bool,
+    pub final_tensor_name: String,
+    pub model: ModelSource,
+    pub overrides: Overrides,
+    /// `None`: all cores.
+    pub threads: Option<usize>,
+    /// TensorBoard event files go to `<dir>/train` and `<dir>/validation`.
+    pub summaries_dir: Option<PathBuf>,
+    /// Where the PNG pictures go [default: the summaries directory].
+    pub report_dir: Option<PathBuf>,
+    /// Results as JSON on stdout (the text report then goes to stderr).
+    pub json: bool,
+    /// Exit code 3 when the final test accuracy is below this fraction.
+    pub assert_accuracy_at_least: Option<f64>,
+}
+
+/// Everything `flowers label` can be told.
+#[derive(Clone, Debug)]
+pub struct LabelOptions {
+    /// Image files and folders, in the order given.
+    pub inputs: Vec<PathBuf>,
+    pub graph: PathBuf,
+    pub labels: Option<PathBuf>,
+    pub top_k: usize,
+    pub json: bool,
+    /// `None`: all cores.
+    pub threads: Option<usize>,
+}
+
+/// Everything `flowers evaluate` can be told.
+#[derive(Clone, Debug)]
+pub struct EvaluateOptions {
+    pub graph: PathBuf,
+    pub image_dir: PathBuf,
+    pub labels: Option<PathBuf>,
+    pub json: bool,
+    /// Also write the confusion matrix PNG here.
+    pub report_dir: Option<PathBuf>,
+    /// Exit code 3 when the accuracy is below this fraction.
+    pub assert_accuracy_at_least: Option<f64>,
+    /// `None`: all cores.
+    pub threads: Option<usize>,
+}

@@ -1,0 +1,231 @@
+//! The `retrain` pipeline: images -> bottlenecks -> trained final layer -> retrained graph.
+//! This module only sequences the steps and reports; each step lives in its own module.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{accuracy_gate, thread_pool};
+use crate::backbone::Backbone;
+use crate::bottleneck::{extract_all, Bottlenecks, Cache};
+use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
+use crate::graph::{retrained_graph, write_graph, write_labels};
+use crate::options::RetrainOptions;
+use crate::report::training_log::TrainingLog;
+use crate::report::{format, Report, RetrainSummary};
+use crate::train::{predictions, train, Examples, FinalLayer};
+use crate::util::atomic::check_writable;
+use crate::util::messages::shown;
+
+/// `flowers retrain`: runs the pipeline, prints the results on `out` (text, or JSON with
+/// the text on stderr), and returns the exit code of the accuracy gate.
+pub fn run_command(options: &RetrainOptions, out: &mut dyn Write) -> Result<u8> {
+    let summary = run(options)?;
+    let print_misclassified = options.print_misclassified_test_images;
+    if options.json {
+        format(false).retrain(&mut io::stderr(), &summary, print_misclassified)?;
+        format(true).retrain(out, &summary, print_misclassified)?;
+    } else {
+        format(false).retrain(out, &summary, print_misclassified)?;
+    }
+    Ok(accuracy_gate(
+        options.assert_accuracy_at_least,
+        summary.test_accuracy,
+        "test",
+    ))
+}
+
+/// Runs the whole pipeline and writes the graph and labels.
+pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
+    let start = Instant::now();
+    check_writable(&options.output_graph)?;
+    check_writable(&options.output_labels)?;
+    let mut log = TrainingLog::create(
+        options.summaries_dir.as_deref(),
+        options.report_dir.as_deref(),
+    )?;
+    let pool = thread_pool(options.threads)?;
+    let dataset = Dataset::discover(&options.image_dir)?;
+    report_dataset(&dataset);
+    let backbone = Backbone::load(&options.model, &options.overrides)?;
+    let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
+    let (bottlenecks, extraction) =
+        pool.install(|| extract_all(&dataset.images, &backbone, &cache))?;
+    crate::info!(
+        "Bottlenecks: {} cached, {} computed, {} skipped in {:.1}s ({})",
+        extraction.cached,
+        extraction.computed,
+        extraction.failed.len(),
+        extraction.elapsed.as_secs_f64(),
+        cache.dir().display()
+    );
+    let splits = split_examples(&dataset, bottlenecks, options)?;
+    let [training, validation, testing] = &splits;
+    let training_start = Instant::now();
+    let layer = train(
+        training,
+        validation,
+        dataset.labels.len(),
+        &options.training,
+        |evaluation, layer| log.record(evaluation, layer),
+    );
+    let training_seconds = training_start.elapsed().as_secs_f64();
+    let tested = test_sample(testing, options);
+    let test_report = tested.as_ref().map(|t| report_on(&layer, t, &dataset));
+    let validation_report =
+        (!validation.is_empty()).then(|| report_on(&layer, validation, &dataset));
+    let graph = retrained_graph(
+        &backbone,
+        &layer,
+        &dataset.labels,
+        &options.final_tensor_name,
+    )?;
+    write_graph(&options.output_graph, &graph)?;
+    write_labels(&options.output_labels, &dataset.labels)?;
+    crate::info!(
+        "Wrote {} and {}",
+        shown(&options.output_graph),
+        shown(&options.output_labels)
+    );
+    let pictures = log.finish(test_report.as_ref())?;
+    let skipped = dataset
+        .skipped
+        .iter()
+        .chain(&extraction.failed)
+        .cloned()
+        .collect();
+    Ok(RetrainSummary {
+        labels: dataset.labels.clone(),
+        images: dataset.images.len(),
+        skipped,
+        bottlenecks_cached: extraction.cached,
+        bottlenecks_computed: extraction.computed,
+        training_images: training.len(),
+        validation_images: validation.len(),
+        test_images: testing.len(),
+        test_images_evaluated: test_report.as_ref().map_or(0, |r| r.n),
+        test_accuracy: test_report.as_ref().map(|r| r.accuracy),
+        test_report,
+        validation_report,
+        output_graph: options.output_graph.clone(),
+        output_labels: options.output_labels.clone(),
+        pictures,
+        backbone: format!("{} sha256:{}", backbone.name, backbone.sha256),
+        extraction_seconds: extraction.elapsed.as_secs_f64(),
+        training_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn report_dataset(dataset: &Dataset) {
+    for skipped in &dataset.skipped {
+        crate::warn!("skipping {}: {}", shown(&skipped.path), skipped.problem);
+    }
+    let counts = dataset.class_counts();
+    for (label, count) in dataset.labels.iter().zip(&counts) {
+        if *count < FEW_IMAGES_WARNING {
+            crate::warn!(
+                "class {label:?} has only {count} images; {FEW_IMAGES_WARNING} or more give a more reliable classifier"
+            );
+        }
+    }
+    crate::info!(
+        "Found {} images in {} classes ({} files skipped) in {}",
+        dataset.images.len(),
+        dataset.labels.len(),
+        dataset.skipped.len(),
+        shown(&dataset.root)
+    );
+}
+
+/// Splits the usable bottlenecks into training, validation and test examples, which share
+/// the one bottleneck matrix.
+fn split_examples(
+    dataset: &Dataset,
+    bottlenecks: Bottlenecks,
+    options: &RetrainOptions,
+) -> Result<[Examples; 3]> {
+    let class_count = dataset.labels.len();
+    let mut rows: [(Vec<usize>, Vec<usize>); 3] = Default::default();
+    let mut usable = vec![0usize; class_count];
+    for (index, image) in dataset.images.iter().enumerate() {
+        if !bottlenecks.present[index] {
+            continue;
+        }
+        usable[image.class] += 1;
+        let split = split_of(
+            &image.relative,
+            options.validation_percentage,
+            options.testing_percentage,
+        );
+        let slot = &mut rows[split as usize];
+        slot.0.push(index);
+        slot.1.push(image.class);
+    }
+    if let Some(class) = usable.iter().position(|&n| n == 0) {
+        bail!(
+            "class {:?} has no usable image (every file failed to decode): fix or remove {}",
+            dataset.labels[class],
+            shown(&dataset.root.join(&dataset.labels[class]))
+        );
+    }
+    let matrix = Arc::new(bottlenecks.matrix);
+    let examples =
+        rows.map(|(rows, labels)| Examples::new(matrix.clone(), rows, labels, class_count));
+    warn_about_empty_splits(dataset, &examples);
+    if examples[Split::Training as usize].is_empty() {
+        bail!("no training images: lower --testing-percentage and --validation-percentage");
+    }
+    Ok(examples)
+}
+
+fn warn_about_empty_splits(dataset: &Dataset, examples: &[Examples; 3]) {
+    for (split, name) in [
+        (Split::Training, "training"),
+        (Split::Validation, "validation"),
+        (Split::Testing, "test"),
+    ] {
+        let set = &examples[split as usize];
+        if set.is_empty() {
+            crate::warn!(
+                "no {name} images: the dataset is too small for the split; going on without them"
+            );
+            continue;
+        }
+        for class in set.empty_classes() {
+            crate::warn!("class {:?} has no {name} images", dataset.labels[class]);
+        }
+    }
+}
+
+/// The test images measured: all of them, or retrain.py's class-balanced sample.
+fn test_sample(testing: &Examples, options: &RetrainOptions) -> Option<Examples> {
+    if testing.is_empty() {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(options.training.seed ^ 0x7e57);
+    Some(match options.test_batch_size {
+        None => testing.clone(),
+        Some(size) => testing.sample(size, &mut rng),
+    })
+}
+
+/// The classification report of the final layer on a set of examples.
+fn report_on(layer: &FinalLayer, examples: &Examples, dataset: &Dataset) -> Report {
+    let probabilities = layer.probabilities_of(examples);
+    let names: Vec<String> = examples
+        .origin
+        .iter()
+        .map(|&i| dataset.images[i].relative.clone())
+        .collect();
+    Report::new(
+        &dataset.labels,
+        &examples.labels,
+        &predictions(&probabilities),
+        &names,
+    )
+}

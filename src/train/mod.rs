@@ -1,0 +1,200 @@
+//! The new final layer (a softmax classifier on bottlenecks), trained by a hand-written
+//! mini-batch SGD loop over ndarray, with retrain.py's class-balanced sampling.
+
+mod examples;
+mod final_layer;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use examples::Examples;
+pub use final_layer::{accuracy, cross_entropy, predictions, FinalLayer};
+
+/// retrain.py's training options.
+#[derive(Clone, Debug)]
+pub struct TrainingOptions {
+    pub steps: usize,
+    pub learning_rate: f32,
+    pub train_batch_size: usize,
+    /// `None`: the whole validation set at each evaluation.
+    pub validation_batch_size: Option<usize>,
+    pub eval_step_interval: usize,
+    pub seed: u64,
+}
+
+/// What an evaluation step measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub step: usize,
+    pub train_accuracy: f64,
+    pub cross_entropy: f64,
+    /// `None` when there are no validation images.
+    pub validation: Option<ValidationScore>,
+}
+
+/// The final layer measured on (a sample of) the validation set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidationScore {
+    pub accuracy: f64,
+    pub cross_entropy: f64,
+    /// Number of validation images measured.
+    pub n: usize,
+}
+
+/// Trains a new final layer, calling `on_evaluation` every `eval_step_interval` steps and
+/// at the last step.
+pub fn train(
+    training: &Examples,
+    validation: &Examples,
+    class_count: usize,
+    options: &TrainingOptions,
+    mut on_evaluation: impl FnMut(&Evaluation, &FinalLayer),
+) -> FinalLayer {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
+    for step in 0..options.steps {
+        let rows = training.sample_rows(options.train_batch_size, &mut rng);
+        let (features, labels) = training.gather(&rows);
+        layer.sgd_step(&features, &labels, options.learning_rate);
+        let last = step + 1 == options.steps;
+        if last || step % options.eval_step_interval.max(1) == 0 {
+            let probabilities = layer.probabilities(features.view());
+            let evaluation = Evaluation {
+                step,
+                train_accuracy: accuracy(&probabilities, &labels),
+                cross_entropy: cross_entropy(&probabilities, &labels),
+                validation: validate(&layer, validation, options, &mut rng),
+            };
+            on_evaluation(&evaluation, &layer);
+        }
+    }
+    layer
+}
+
+fn validate(
+    layer: &FinalLayer,
+    validation: &Examples,
+    options: &TrainingOptions,
+    rng: &mut impl Rng,
+) -> Option<ValidationScore> {
+    if validation.is_empty() {
+        return None;
+    }
+    let (probabilities, labels) = match options.validation_batch_size {
+        None => (
+            layer.probabilities_of(validation),
+            validation.labels.clone(),
+        ),
+        Some(size) => {
+            let rows = validation.sample_rows(size, rng);
+            let (features, labels) = validation.gather(&rows);
+            (layer.probabilities(features.view()), labels)
+        }
+    };
+    Some(ValidationScore {
+        accuracy: accuracy(&probabilities, &labels),
+        cross_entropy: cross_entropy(&probabilities, &labels),
+        n: labels.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::final_layer::truncated_normal;
+    use super::*;
+    use crate::bottleneck::MatrixWriter;
+    use ndarray::{Array1, Array2};
+    use std::sync::Arc;
+
+    /// Three well separated Gaussian blobs in 8 dimensions.
+    fn blobs(per_class: usize, seed: u64) -> Examples {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let classes = 3;
+        let mut features = Array2::zeros((per_class * classes, 8));
+        let mut labels = Vec::new();
+        for class in 0..classes {
+            for i in 0..per_class {
+                let row = class * per_class + i;
+                for d in 0..8 {
+                    let centre = if d % classes == class { 3.0 } else { 0.0 };
+                    features[[row, d]] = centre + 0.3 * truncated_normal(&mut rng);
+                }
+                labels.push(class);
+            }
+        }
+        examples_of(features, labels, classes)
+    }
+
+    /// Examples made of the rows of `features`, in a bottleneck matrix as retrain makes.
+    fn examples_of(features: Array2<f32>, labels: Vec<usize>, classes: usize) -> Examples {
+        let (rows, dim) = features.dim();
+        let writer = MatrixWriter::create(&std::env::temp_dir(), rows, dim).unwrap();
+        for (row, values) in features.outer_iter().enumerate() {
+            writer.write_row(row, values.as_slice().unwrap());
+        }
+        let matrix = Arc::new(writer.finish().unwrap());
+        Examples::new(matrix, (0..rows).collect(), labels, classes)
+    }
+
+    fn options(steps: usize) -> TrainingOptions {
+        TrainingOptions {
+            steps,
+            learning_rate: 0.1,
+            train_batch_size: 32,
+            validation_batch_size: None,
+            eval_step_interval: 10,
+            seed: 42,
+        }
+    }
+
+    #[test]
+    fn sgd_separates_a_separable_toy_set() {
+        let training = blobs(50, 1);
+        let validation = blobs(20, 2);
+        let mut last = None;
+        let layer = train(&training, &validation, 3, &options(300), |e, _| {
+            last = Some(e.clone())
+        });
+        let probabilities = layer.probabilities_of(&validation);
+        assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
+        let last = last.unwrap();
+        assert_eq!(last.step, 299);
+        let validation = last.validation.unwrap();
+        assert_eq!((validation.accuracy, validation.n), (1.0, 60));
+        assert!(last.cross_entropy < 0.2, "{}", last.cross_entropy);
+    }
+
+    #[test]
+    fn training_is_reproducible_with_a_seed() {
+        let training = blobs(20, 3);
+        let empty = examples_of(Array2::zeros((0, 8)), vec![], 3);
+        let a = train(&training, &empty, 3, &options(50), |_, _| {});
+        let b = train(&training, &empty, 3, &options(50), |_, _| {});
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn initial_weights_are_small_and_truncated() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let layer = FinalLayer::new(100, 10, &mut rng);
+        assert!(layer.weights.iter().all(|w| w.abs() <= 0.002));
+        assert!(layer.biases.iter().all(|&b| b == 0.0));
+        let std = (layer.weights.mapv(|w| w * w).mean().unwrap()).sqrt();
+        assert!((0.0007..0.0011).contains(&std), "{std}");
+    }
+
+    #[test]
+    fn probabilities_are_a_softmax() {
+        let layer = FinalLayer {
+            weights: Array2::from_shape_vec((2, 2), vec![1.0, 0.0, 0.0, 1.0]).unwrap(),
+            biases: Array1::from(vec![0.0, 0.0]),
+        };
+        let p = layer.probabilities(
+            Array2::from_shape_vec((1, 2), vec![1000.0, 0.0])
+                .unwrap()
+                .view(),
+        );
+        assert_eq!(p[[0, 0]], 1.0);
+        assert_eq!(p[[0, 1]], 0.0);
+    }
+}

@@ -1,0 +1,13 @@
+//! Plumbing every layer may use: atomic file writes, messages on stderr, the progress bar,
+//! the one directory walker, and the guard that turns a decoder's panic into an error.
+
+pub mod atomic;
+pub mod messages;
+pub mod panic_guard;
+pub mod progress;
+pub mod walk;
+
+/// Lower-case hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
