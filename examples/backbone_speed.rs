@@ -16,14 +16,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowers::backbone::{Backbone, ModelSource, Overrides};
+use flowers::backbone::{Backbone, BackboneGraph, ModelSource, Overrides};
 use flowers::image::Layout;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{eval, SimpleState};
 
 fn plan(backbone: &Backbone, accelerated: bool) -> TractResult<Arc<TypedRunnableModel>> {
+    let BackboneGraph::Onnx(proto) = &backbone.graph else {
+        anyhow::bail!("backbone_speed times ONNX backbones");
+    };
     let mut model = tract_onnx::onnx()
-        .model_for_proto_model(&backbone.proto)?
+        .model_for_proto_model(proto)?
         .with_input_fact(0, f32::fact(input_shape(backbone)).into())?
         .with_outputs_by_name([backbone.bottleneck.as_str()])?
         .into_typed()?;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::backbone::{ModelSource, Overrides};
+use crate::backbone::{Fetch, ModelSource, Overrides};
+use crate::graph::classifier::LabelImageFlags;
 use crate::image::{parse_channels, ResizeRule};
 use crate::options::{self, EvaluateOptions, LabelOptions, RetrainOptions};
 use crate::train::TrainingOptions;
@@ -48,6 +49,19 @@ pub enum Command {
     },
     /// Print the man page (roff): `flowers man > ~/.local/share/man/man1/flowers.1`.
     Man,
+    /// List the backbones --architecture knows: name, format, size, source, on disk.
+    Architectures(ArchitecturesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ArchitecturesArgs {
+    /// Where downloaded backbones are looked for [default: the per-user cache].
+    #[arg(long, alias = "model_dir", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+
+    /// One JSON object per architecture per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -56,14 +70,10 @@ pub struct RetrainArgs {
     #[arg(long, alias = "image_dir", value_name = "DIR")]
     pub image_dir: PathBuf,
 
-    /// Where to write the retrained graph (ONNX).
-    #[arg(
-        long,
-        alias = "output_graph",
-        value_name = "FILE",
-        default_value = "retrained_graph.onnx"
-    )]
-    pub output_graph: PathBuf,
+    /// Where to write the retrained graph, in the backbone's format
+    /// [default: retrained_graph.onnx, or retrained_graph.pb for TensorFlow backbones].
+    #[arg(long, alias = "output_graph", value_name = "FILE")]
+    pub output_graph: Option<PathBuf>,
 
     /// Where to write the labels, one per line in output order.
     #[arg(
@@ -180,13 +190,96 @@ pub struct RetrainArgs {
     /// this fraction, e.g. 0.9.
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub assert_accuracy_at_least: Option<f64>,
+
+    #[command(flatten)]
+    pub not_supported: RetrainPyOnly,
+}
+
+/// retrain.py flags flowers does not take (yet): accepted by the parser so that each gets
+/// one line saying what to use instead, rather than a generic usage error.
+#[derive(Args, Debug)]
+pub struct RetrainPyOnly {
+    #[arg(long, alias = "flip_left_right", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    flip_left_right: Option<String>,
+    #[arg(
+        long,
+        alias = "random_crop",
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    random_crop: Option<String>,
+    #[arg(
+        long,
+        alias = "random_scale",
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    random_scale: Option<String>,
+    #[arg(
+        long,
+        alias = "random_brightness",
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    random_brightness: Option<String>,
+    #[arg(
+        long,
+        alias = "intermediate_store_frequency",
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    intermediate_store_frequency: Option<String>,
+    #[arg(long, alias = "intermediate_output_graphs_dir", hide = true)]
+    intermediate_output_graphs_dir: Option<String>,
+    #[arg(long, alias = "saved_model_dir", hide = true)]
+    saved_model_dir: Option<String>,
+    #[arg(long, alias = "tfhub_module", hide = true)]
+    tfhub_module: Option<String>,
+}
+
+impl RetrainPyOnly {
+    /// The first flag given, with what to do instead.
+    fn check(&self) -> Result<(), String> {
+        let distortions =
+            "is not supported yet: flowers trains on cached bottlenecks; leave it out";
+        let flags = [
+            ("--flip_left_right", self.flip_left_right.is_some(), distortions),
+            ("--random_crop", self.random_crop.is_some(), distortions),
+            ("--random_scale", self.random_scale.is_some(), distortions),
+            ("--random_brightness", self.random_brightness.is_some(), distortions),
+            (
+                "--intermediate_store_frequency",
+                self.intermediate_store_frequency.is_some(),
+                "is not supported yet: run retrain with fewer --how_many_training_steps to get an earlier graph",
+            ),
+            (
+                "--intermediate_output_graphs_dir",
+                self.intermediate_output_graphs_dir.is_some(),
+                "is not supported yet: run retrain with fewer --how_many_training_steps to get an earlier graph",
+            ),
+            (
+                "--saved_model_dir",
+                self.saved_model_dir.is_some(),
+                "is not supported: flowers writes one frozen graph, use --output_graph",
+            ),
+            (
+                "--tfhub_module",
+                self.tfhub_module.is_some(),
+                "is not supported: TF-Hub modules need TensorFlow 2; use --architecture (`flowers architectures` lists them) or --model",
+            ),
+        ];
+        match flags.iter().find(|(_, given, _)| *given) {
+            Some((flag, _, what)) => Err(format!("{flag} {what}")),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
-    /// The retrained graph.
-    #[arg(long, value_name = "FILE", default_value = "retrained_graph.onnx")]
-    pub graph: PathBuf,
+    /// The retrained graph [default: retrained_graph.onnx, else retrained_graph.pb].
+    #[arg(long, value_name = "FILE")]
+    pub graph: Option<PathBuf>,
 
     /// Folder with one sub-folder per class, named as the graph's labels.
     #[arg(long, alias = "image_dir", value_name = "DIR")]
@@ -215,8 +308,37 @@ pub struct EvaluateArgs {
 
 #[derive(Args, Debug)]
 pub struct BackboneArgs {
-    /// An ONNX image classifier to use as backbone instead of the embedded MobileNet v1.
-    #[arg(long, value_name = "FILE.onnx")]
+    /// A known backbone by name, downloaded into --model-dir on first use: retrain.py's
+    /// `inception_v3` and `mobilenet_<1.0|0.75|0.50|0.25>_<224|192|160|128>[_quantized]`
+    /// (TensorFlow), ONNX model zoo classifiers; `flowers architectures` lists them.
+    /// Without it flowers uses its embedded MobileNet v1 1.0 224 and works offline; this
+    /// is where it differs from retrain.py, whose default was inception_v3.
+    #[arg(
+        long,
+        alias = "architecture",
+        value_name = "NAME",
+        conflicts_with = "model"
+    )]
+    pub architecture: Option<String>,
+
+    /// Where downloaded backbones are kept [default: the per-user cache, e.g.
+    /// ~/.cache/flowers/models].
+    #[arg(long, alias = "model_dir", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+
+    /// A mirror: replaces everything before the file name in the download URLs of
+    /// --architecture (for proxies, offline mirrors and tests).
+    #[arg(
+        long,
+        alias = "model_base_url",
+        value_name = "URL",
+        env = "FLOWERS_MODEL_BASE_URL"
+    )]
+    pub model_base_url: Option<String>,
+
+    /// A backbone file instead of the embedded MobileNet v1: an ONNX image classifier or a
+    /// TensorFlow frozen graph (.pb, with --bottleneck-tensor unless known).
+    #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
     /// The backbone's pooled feature tensor (or node) [default: found automatically].
@@ -233,10 +355,12 @@ pub struct BackboneArgs {
     pub input_std: Option<String>,
 
     /// How images are fitted to the input size: `center-crop:F` (the centred square of
-    /// fraction F of the shorter side, then resized) or `squash` (the whole image, aspect
-    /// ratio ignored, as retrain.py).
-    #[arg(long, value_name = "RULE", default_value = "center-crop:0.875")]
-    pub resize: String,
+    /// fraction F of the shorter side, then resized), `squash` (the whole image, aspect
+    /// ratio ignored) or `squash-tf` (squash with TensorFlow 1's resize_bilinear, exactly
+    /// as retrain.py) [default: center-crop:0.875 for ONNX backbones, squash-tf for
+    /// TensorFlow ones].
+    #[arg(long, value_name = "RULE")]
+    pub resize: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -249,9 +373,10 @@ pub struct LabelArgs {
     #[arg(long, value_name = "FILE")]
     pub image: Vec<PathBuf>,
 
-    /// The retrained graph.
-    #[arg(long, value_name = "FILE", default_value = "retrained_graph.onnx")]
-    pub graph: PathBuf,
+    /// The retrained graph: flowers' (ONNX or TensorFlow) or one retrain.py wrote
+    /// [default: retrained_graph.onnx, else retrained_graph.pb].
+    #[arg(long, value_name = "FILE")]
+    pub graph: Option<PathBuf>,
 
     /// Labels file; must agree with the graph's own labels [default: the graph's labels,
     /// else retrained_labels.txt].
@@ -259,9 +384,39 @@ pub struct LabelArgs {
     pub labels: Option<PathBuf>,
 
     /// How many labels to print per image.
-    #[arg(long, alias = "top_k", value_name = "K", default_value_t = 5,
+    #[arg(long, aliases = ["top_k", "num_top_predictions", "num-top-predictions"], value_name = "K", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: u32,
+
+    /// label_image.py: the tensor images are fed to, for graphs without flowers metadata
+    /// [default: input].
+    #[arg(long, alias = "input_layer", value_name = "NAME")]
+    pub input_layer: Option<String>,
+
+    /// label_image.py: the output tensor [default: final_result].
+    #[arg(long, alias = "output_layer", value_name = "NAME")]
+    pub output_layer: Option<String>,
+
+    /// label_image.py: input height for graphs that do not fix it [default: 224].
+    #[arg(long, alias = "input_height", value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    pub input_height: Option<u32>,
+
+    /// label_image.py: input width for graphs that do not fix it [default: 224].
+    #[arg(long, alias = "input_width", value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    pub input_width: Option<u32>,
+
+    /// label_image.py: subtracted from 0-255 pixels, for graphs without metadata [default: 128].
+    #[arg(
+        long,
+        alias = "input_mean",
+        value_name = "V",
+        allow_negative_numbers = true
+    )]
+    pub input_mean: Option<f32>,
+
+    /// label_image.py: divisor after the mean, for graphs without metadata [default: 128].
+    #[arg(long, alias = "input_std", value_name = "V")]
+    pub input_std: Option<f32>,
 
     /// One JSON object per image per line.
     #[arg(long)]
@@ -284,14 +439,21 @@ impl Cli {
     /// Turns the parsed command line into what to do; flag values that clap cannot check
     /// alone (sums of percentages, channel lists) are checked here, with one-line errors.
     pub fn into_request(self) -> Result<Request, String> {
+        let quiet = self.quiet;
         Ok(match self.command {
-            Command::Retrain(args) => {
-                Request::Run(options::Command::Retrain(Box::new(args.into_options()?)))
-            }
+            Command::Retrain(args) => Request::Run(options::Command::Retrain(Box::new(
+                args.into_options(quiet)?,
+            ))),
             Command::Label(args) => Request::Run(options::Command::Label(args.into_options())),
             Command::Evaluate(args) => {
                 Request::Run(options::Command::Evaluate(args.into_options()))
             }
+            Command::Architectures(args) => Request::Run(options::Command::Architectures(
+                options::ArchitecturesOptions {
+                    model_dir: args.model_dir.unwrap_or_else(default_model_dir),
+                    json: args.json,
+                },
+            )),
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "flowers", &mut script);
@@ -314,7 +476,15 @@ impl LabelArgs {
         inputs.extend(self.paths);
         LabelOptions {
             inputs,
-            graph: self.graph,
+            graph: self.graph.unwrap_or_else(default_graph),
+            flags: LabelImageFlags {
+                input_layer: self.input_layer,
+                output_layer: self.output_layer,
+                input_height: self.input_height,
+                input_width: self.input_width,
+                input_mean: self.input_mean,
+                input_std: self.input_std,
+            },
             labels: self.labels,
             top_k: self.top_k as usize,
             json: self.json,
@@ -326,7 +496,7 @@ impl LabelArgs {
 impl EvaluateArgs {
     fn into_options(self) -> EvaluateOptions {
         EvaluateOptions {
-            graph: self.graph,
+            graph: self.graph.unwrap_or_else(default_graph),
             image_dir: self.image_dir,
             labels: self.labels,
             json: self.json,
@@ -338,7 +508,11 @@ impl EvaluateArgs {
 }
 
 impl RetrainArgs {
-    fn into_options(self) -> Result<RetrainOptions, String> {
+    fn into_options(self, quiet: bool) -> Result<RetrainOptions, String> {
+        self.not_supported.check()?;
+        if let Some(name) = &self.backbone.architecture {
+            crate::backbone::registry::find(name).map_err(|e| e.to_string())?;
+        }
         let percentages = self.testing_percentage + self.validation_percentage;
         if self.testing_percentage < 0.0 || self.validation_percentage < 0.0 || percentages >= 100.0
         {
@@ -381,7 +555,7 @@ impl RetrainArgs {
             validation_percentage: self.validation_percentage,
             print_misclassified_test_images: self.print_misclassified_test_images,
             final_tensor_name: self.final_tensor_name,
-            model: self.backbone.source(),
+            model: self.backbone.source(quiet),
             overrides: self.backbone.overrides()?,
             threads: self.threads.map(|t| t as usize),
             summaries_dir: self.summaries_dir,
@@ -393,10 +567,16 @@ impl RetrainArgs {
 }
 
 impl BackboneArgs {
-    fn source(&self) -> ModelSource {
-        match &self.model {
-            Some(path) => ModelSource::File(path.clone()),
-            None => ModelSource::Embedded,
+    fn source(&self, quiet: bool) -> ModelSource {
+        match (&self.model, &self.architecture) {
+            (Some(path), _) => ModelSource::File(path.clone()),
+            (None, Some(name)) => ModelSource::Architecture(Fetch {
+                name: name.clone(),
+                model_dir: self.model_dir.clone().unwrap_or_else(default_model_dir),
+                base_url: self.model_base_url.clone(),
+                quiet,
+            }),
+            (None, None) => ModelSource::Embedded,
         }
     }
 
@@ -415,7 +595,7 @@ impl BackboneArgs {
             bottleneck_tensor: self.bottleneck_tensor.clone(),
             mean: parse(&self.input_mean, "--input-mean")?,
             std,
-            resize: Some(ResizeRule::parse(&self.resize)?),
+            resize: self.resize.as_deref().map(ResizeRule::parse).transpose()?,
         })
     }
 }
@@ -429,6 +609,25 @@ fn batch_size(value: i64, flag: &str) -> Result<Option<usize>, String> {
             "{flag} must be -1 (whole set) or positive, got {v}"
         )),
     }
+}
+
+/// The graph `label` and `evaluate` read when none is named: retrain's default output,
+/// ONNX or TensorFlow.
+fn default_graph() -> PathBuf {
+    let onnx = PathBuf::from("retrained_graph.onnx");
+    let tensorflow = PathBuf::from("retrained_graph.pb");
+    if !onnx.exists() && tensorflow.exists() {
+        tensorflow
+    } else {
+        onnx
+    }
+}
+
+fn default_model_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flowers")
+        .join("models")
 }
 
 fn default_bottleneck_dir() -> PathBuf {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::backbone::{ModelSource, Overrides};
+use crate::graph::classifier::LabelImageFlags;
 use crate::train::TrainingOptions;
 
 /// A command to run.
@@ -12,13 +13,22 @@ pub enum Command {
     Retrain(Box<RetrainOptions>),
     Label(LabelOptions),
     Evaluate(EvaluateOptions),
+    Architectures(ArchitecturesOptions),
+}
+
+/// `flowers architectures`: the registry, and what of it is on disk.
+#[derive(Clone, Debug)]
+pub struct ArchitecturesOptions {
+    pub model_dir: PathBuf,
+    pub json: bool,
 }
 
 /// Everything `flowers retrain` can be told.
 #[derive(Clone, Debug)]
 pub struct RetrainOptions {
     pub image_dir: PathBuf,
-    pub output_graph: PathBuf,
+    /// `None`: `retrained_graph.onnx`, or `.pb` for a TensorFlow backbone.
+    pub output_graph: Option<PathBuf>,
     pub output_labels: PathBuf,
     pub bottleneck_dir: PathBuf,
     pub training: TrainingOptions,
@@ -49,6 +59,8 @@ pub struct LabelOptions {
     pub inputs: Vec<PathBuf>,
     pub graph: PathBuf,
     pub labels: Option<PathBuf>,
+    /// label_image.py's flags, for graphs without flowers metadata.
+    pub flags: LabelImageFlags,
     pub top_k: usize,
     pub json: bool,
     /// `None`: all cores.

@@ -107,7 +107,7 @@ fn exported_graph_gives_the_trained_layers_probabilities() {
     let graph_path = dir.path().join("graph.onnx");
     let proto = retrained_graph(&backbone, &layer, &dataset.labels, "final_result").unwrap();
     write_graph(&graph_path, &proto).unwrap();
-    let graph = RetrainedGraph::load(&graph_path, None).unwrap();
+    let graph = RetrainedGraph::load(&graph_path, None, &Default::default()).unwrap();
     assert_eq!(graph.labels, dataset.labels);
     assert_eq!(graph.preprocessing, backbone.preprocessing);
 

@@ -1,13 +1,16 @@
 //! The frozen, ImageNet-pretrained CNN: loading it, knowing its preprocessing, finding its
 //! bottleneck, and running it through tract.
 //!
-//! [`registry`] names the known architectures, [`onnx`] reads ONNX files, [`plan`] builds
-//! tract's runnable plan, and [`accel`] swaps flowers' own convolution ops into it.
+//! [`registry`] names the known architectures, [`download`] fetches them, [`onnx`] and
+//! [`tensorflow`] read the two formats, [`plan`] builds tract's runnable plan, and
+//! [`accel`] swaps flowers' own convolution ops into it.
 
 pub(crate) mod accel;
+pub mod download;
 pub mod onnx;
 mod plan;
 pub mod registry;
+pub mod tensorflow;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -19,18 +22,32 @@ use tract_onnx::pb::ModelProto;
 
 pub use accel::apply as accelerate;
 pub use plan::Plan;
-pub use registry::{Architecture, ARCHITECTURES, DEFAULT_MODEL};
+pub use registry::{Architecture, ModelFormat, DEFAULT_MODEL};
 
-use crate::image::{Preprocessing, ResizeRule};
+use crate::image::{Layout, Preprocessing, ResizeRule};
 use crate::util::hex;
 use onnx::{decode_model, find_bottleneck, graph_input, input_geometry, resolve_tensor};
-use registry::{DEFAULT_MEAN, DEFAULT_RESIZE, DEFAULT_STD};
+use registry::{Origin, DEFAULT_MEAN, DEFAULT_RESIZE, DEFAULT_STD};
 
 /// Where the backbone comes from.
 #[derive(Clone, Debug)]
 pub enum ModelSource {
     Embedded,
     File(PathBuf),
+    /// A registry entry, fetched into `model_dir` if it is not there yet.
+    Architecture(Fetch),
+}
+
+/// How to get a registry entry onto the disk.
+#[derive(Clone, Debug)]
+pub struct Fetch {
+    pub name: String,
+    /// Where downloads go and are looked for (`--model-dir`).
+    pub model_dir: PathBuf,
+    /// A mirror replacing everything before the file name in the entry's URL.
+    pub base_url: Option<String>,
+    /// No progress bar.
+    pub quiet: bool,
 }
 
 /// What the user may override about a backbone's preprocessing.
@@ -42,13 +59,20 @@ pub struct Overrides {
     pub resize: Option<ResizeRule>,
 }
 
+/// The backbone's graph, in the format it came in.
+pub enum BackboneGraph {
+    Onnx(Box<ModelProto>),
+    TensorFlow(tensorflow::GraphDef),
+}
+
 /// A loaded backbone, ready to extract bottlenecks and to be exported with a new layer.
 pub struct Backbone {
     /// Human-readable name: the registry name, or the file name.
     pub name: String,
-    /// sha256 of the ONNX file: the backbone's identity in caches and metadata.
+    /// sha256 of the model file: the backbone's identity in caches and metadata.
     pub sha256: String,
-    pub proto: ModelProto,
+    pub graph: BackboneGraph,
+    /// The tensor images are fed to (TensorFlow graphs are cut there).
     pub input_name: String,
     pub bottleneck: String,
     pub preprocessing: Preprocessing,
@@ -56,54 +80,71 @@ pub struct Backbone {
 
 impl Backbone {
     pub fn load(source: &ModelSource, overrides: &Overrides) -> Result<Backbone> {
-        let (bytes, display): (Bytes, String) = match source {
-            ModelSource::Embedded => (DEFAULT_MODEL.into(), "embedded backbone".into()),
-            ModelSource::File(path) => (
-                std::fs::read(path)
-                    .with_context(|| format!("cannot read model {}", path.display()))?
-                    .into(),
-                path.display().to_string(),
+        let (bytes, display, known): (Bytes, String, Option<Architecture>) = match source {
+            ModelSource::Embedded => (
+                DEFAULT_MODEL.into(),
+                "embedded backbone".into(),
+                registry::find(registry::DEFAULT_ARCHITECTURE).ok(),
             ),
+            ModelSource::File(path) => (read_model(path)?, path.display().to_string(), None),
+            ModelSource::Architecture(fetch) => {
+                let architecture = registry::find(&fetch.name)?;
+                let (bytes, display) = match fetched(&architecture, fetch)? {
+                    Some(path) => (read_model(&path)?, path.display().to_string()),
+                    None => (DEFAULT_MODEL.into(), "embedded backbone".into()),
+                };
+                (bytes, display, Some(architecture))
+            }
         };
         let sha256 = hex(&Sha256::digest(&bytes));
-        let proto = decode_model(bytes, &display)?;
-        let known = registry::by_sha256(&sha256);
-        let name = match (known, source) {
-            (Some(arch), _) => arch.name.to_string(),
+        let known = known.or_else(|| registry::by_sha256(&sha256));
+        let name = match (&known, source) {
+            (Some(arch), _) => arch.name.clone(),
             (None, ModelSource::File(path)) => file_stem(path),
-            (None, ModelSource::Embedded) => "embedded".to_string(),
+            (None, _) => "embedded".to_string(),
         };
-        let input = graph_input(&proto).with_context(|| format!("in model {display}"))?;
-        let (height, width, layout) =
-            input_geometry(&input).with_context(|| format!("in model {display}"))?;
-        let bottleneck = match (&overrides.bottleneck_tensor, known) {
-            (Some(name), _) => resolve_tensor(&proto, name).with_context(|| {
-                format!("--bottleneck-tensor {name:?} is not a tensor or node of {display}")
-            })?,
-            (None, Some(arch)) => arch.bottleneck.to_string(),
-            (None, None) => find_bottleneck(&proto).ok_or_else(|| {
-                anyhow!(
-                    "no pooled feature tensor (bottleneck) found in {display}: name one with --bottleneck-tensor"
-                )
-            })?,
+        let format = match &known {
+            Some(arch) => arch.format,
+            None if tensorflow::looks_like_graph_def(&bytes) => ModelFormat::TensorFlow,
+            None => ModelFormat::Onnx,
         };
-        let (mean, std) = known.map_or((DEFAULT_MEAN, DEFAULT_STD), |a| (a.mean, a.std));
+        let loaded = match format {
+            ModelFormat::Onnx => load_onnx(bytes, &display, known.as_ref(), overrides)?,
+            ModelFormat::TensorFlow => load_tensorflow(bytes, &display, known.as_ref(), overrides)?,
+        };
+        let (mean, std) = known
+            .as_ref()
+            .map_or(([DEFAULT_MEAN; 3], [DEFAULT_STD; 3]), |a| (a.mean, a.std));
+        let default_resize = known.as_ref().map_or(
+            match format {
+                ModelFormat::Onnx => DEFAULT_RESIZE,
+                ModelFormat::TensorFlow => ResizeRule::SquashTf,
+            },
+            |a| a.resize,
+        );
         let preprocessing = Preprocessing {
-            height,
-            width,
-            layout,
-            mean: overrides.mean.unwrap_or([mean; 3]),
-            std: overrides.std.unwrap_or([std; 3]),
-            resize: overrides.resize.unwrap_or(DEFAULT_RESIZE),
+            height: loaded.height,
+            width: loaded.width,
+            layout: loaded.layout,
+            mean: overrides.mean.unwrap_or(mean),
+            std: overrides.std.unwrap_or(std),
+            resize: overrides.resize.unwrap_or(default_resize),
         };
         Ok(Backbone {
             name,
             sha256,
-            proto,
-            input_name: input.name.clone(),
-            bottleneck,
+            graph: loaded.graph,
+            input_name: loaded.input,
+            bottleneck: loaded.bottleneck,
             preprocessing,
         })
+    }
+
+    pub fn format(&self) -> ModelFormat {
+        match self.graph {
+            BackboneGraph::Onnx(_) => ModelFormat::Onnx,
+            BackboneGraph::TensorFlow(_) => ModelFormat::TensorFlow,
+        }
     }
 
     /// Identity of the bottlenecks this backbone produces: model bytes, bottleneck tensor and
@@ -120,17 +161,182 @@ impl Backbone {
 
     /// Builds the tract plan that maps an input image tensor to the bottleneck vector.
     pub fn extractor(&self) -> Result<Plan> {
-        let plan = Plan::new(
-            Cow::Borrowed(&self.proto),
-            &self.preprocessing,
-            &self.bottleneck,
-        )
+        let plan = match &self.graph {
+            BackboneGraph::Onnx(proto) => {
+                Plan::new(Cow::Borrowed(proto), &self.preprocessing, &self.bottleneck)
+            }
+            BackboneGraph::TensorFlow(graph) => Plan::from_tensorflow(
+                graph,
+                &self.preprocessing,
+                &self.input_name,
+                &self.bottleneck,
+            ),
+        }
         .with_context(|| format!("cannot prepare backbone {} for inference", self.name))?;
         if plan.output_len == 0 {
             bail!("bottleneck {:?} of {} is empty", self.bottleneck, self.name);
         }
         Ok(plan)
     }
+}
+
+/// A graph as loaded, with what loading it found out.
+struct Loaded {
+    graph: BackboneGraph,
+    input: String,
+    bottleneck: String,
+    height: u32,
+    width: u32,
+    layout: Layout,
+}
+
+fn load_onnx(
+    bytes: Bytes,
+    display: &str,
+    known: Option<&Architecture>,
+    overrides: &Overrides,
+) -> Result<Loaded> {
+    let proto = decode_model(bytes, display)?;
+    let input = graph_input(&proto).with_context(|| format!("in model {display}"))?;
+    let (height, width, layout) =
+        input_geometry(&input).with_context(|| format!("in model {display}"))?;
+    let bottleneck = match (&overrides.bottleneck_tensor, known.and_then(|a| a.bottleneck.clone())) {
+        (Some(name), _) => resolve_tensor(&proto, name).with_context(|| {
+            format!("--bottleneck-tensor {name:?} is not a tensor or node of {display}")
+        })?,
+        (None, Some(known)) => known,
+        (None, None) => find_bottleneck(&proto).ok_or_else(|| {
+            anyhow!(
+                "no pooled feature tensor (bottleneck) found in {display}: name one with --bottleneck-tensor"
+            )
+        })?,
+    };
+    Ok(Loaded {
+        graph: BackboneGraph::Onnx(Box::new(proto)),
+        input: input.name.clone(),
+        bottleneck,
+        height,
+        width,
+        layout,
+    })
+}
+
+fn load_tensorflow(
+    bytes: Bytes,
+    display: &str,
+    known: Option<&Architecture>,
+    overrides: &Overrides,
+) -> Result<Loaded> {
+    let graph = tensorflow::decode_graph(bytes, display)?;
+    let input = match known.and_then(|a| a.input.clone()) {
+        Some(input) => input,
+        None => tensorflow_input(&graph).ok_or_else(|| {
+            anyhow!(
+                "{display} has no image input (no `input` placeholder, no Inception-style `Mul`)"
+            )
+        })?,
+    };
+    if graph.node(&input).is_none() {
+        bail!("{display} has no input node {input:?}: is it an image classifier's frozen graph?");
+    }
+    let bottleneck = match (
+        &overrides.bottleneck_tensor,
+        known.and_then(|a| a.bottleneck.clone()),
+    ) {
+        (Some(name), _) => name.clone(),
+        (None, Some(known)) => known,
+        (None, None) => bail!("{display}: name its bottleneck tensor with --bottleneck-tensor"),
+    };
+    let bottleneck = tensorflow::node_name(&bottleneck).to_string();
+    if graph.node(&bottleneck).is_none() {
+        bail!("--bottleneck-tensor {bottleneck:?} is not a node of {display}");
+    }
+    let inception_style = input == "Mul";
+    let (height, width) = known
+        .and_then(|a| a.input_size)
+        .or_else(|| graph.placeholder_size(&input))
+        .unwrap_or(if inception_style {
+            (299, 299)
+        } else {
+            (224, 224)
+        });
+    Ok(Loaded {
+        graph: BackboneGraph::TensorFlow(graph),
+        input,
+        bottleneck,
+        height,
+        width,
+        layout: Layout::Nhwc,
+    })
+}
+
+/// Where an unknown frozen graph takes images: its `input` placeholder (MobileNet and
+/// most TF-slim graphs), else Inception's `Mul` (after its own JPEG decoding, which is cut
+/// off), else its only float placeholder.
+fn tensorflow_input(graph: &tensorflow::GraphDef) -> Option<String> {
+    if graph.node("input").is_some() {
+        return Some("input".into());
+    }
+    if graph.node("Mul").is_some() && graph.node.iter().any(|n| n.op == "DecodeJpeg") {
+        return Some("Mul".into());
+    }
+    let mut placeholders = graph.node.iter().filter(|n| n.op == "Placeholder");
+    match (placeholders.next(), placeholders.next()) {
+        (Some(only), None) => Some(only.name.clone()),
+        _ => None,
+    }
+}
+
+/// The path of a registry entry's graph, fetched first if it is not on disk; `None` for
+/// the embedded default.
+fn fetched(architecture: &Architecture, fetch: &Fetch) -> Result<Option<PathBuf>> {
+    let Origin::Download {
+        url,
+        member,
+        sha256,
+        size,
+    } = &architecture.origin
+    else {
+        return match architecture.origin {
+            Origin::Embedded => Ok(None),
+            _ => bail!(
+                "--architecture {} has no public download: give its file with --model",
+                architecture.name
+            ),
+        };
+    };
+    let url = download::mirrored(url, fetch.base_url.as_deref());
+    let archive = download::Archive {
+        url: &url,
+        sha256: *sha256,
+        size: *size,
+    };
+    let options = download::Options {
+        show_progress: !fetch.quiet,
+        ..Default::default()
+    };
+    let path = match member {
+        Some(member) => {
+            let root = download::ensure_archive(&archive, &fetch.model_dir, &options)?;
+            root.join(member)
+        }
+        None => download::ensure_file(&archive, &fetch.model_dir, &options)?,
+    };
+    if !path.is_file() {
+        bail!(
+            "{} has no {}: the archive is not the one --architecture {} expects",
+            fetch.model_dir.display(),
+            path.display(),
+            architecture.name
+        );
+    }
+    Ok(Some(path))
+}
+
+fn read_model(path: &Path) -> Result<Bytes> {
+    Ok(std::fs::read(path)
+        .with_context(|| format!("cannot read model {}", path.display()))?
+        .into())
 }
 
 fn file_stem(path: &Path) -> String {

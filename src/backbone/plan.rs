@@ -62,13 +62,34 @@ impl Plan {
         output: &str,
     ) -> Result<Plan> {
         prefer_fastest_matmul_kernels();
+        let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
+        drop(proto);
+        Plan::finish(model, preprocessing, output)
+    }
+
+    /// The same for a TensorFlow frozen graph, cut at `input` (a tensor the image is fed
+    /// to, `input` for MobileNet, `Mul` for Inception) and at `output`.
+    pub fn from_tensorflow(
+        graph: &super::tensorflow::GraphDef,
+        preprocessing: &Preprocessing,
+        input: &str,
+        output: &str,
+    ) -> Result<Plan> {
+        prefer_fastest_matmul_kernels();
+        let (h, w) = (preprocessing.height as i64, preprocessing.width as i64);
+        let graph = super::tensorflow::for_tract(graph, input, output, [1, h, w, 3])?;
+        let model = tract_tensorflow::tensorflow().model_for_proto_model(&graph)?;
+        drop(graph);
+        Plan::finish(model, preprocessing, super::tensorflow::node_name(output))
+    }
+
+    /// Fixes the input shape and the output, swaps flowers' ops in, and optimises.
+    fn finish(model: InferenceModel, preprocessing: &Preprocessing, output: &str) -> Result<Plan> {
         let (h, w) = (preprocessing.height as usize, preprocessing.width as usize);
         let shape = match preprocessing.layout {
             Layout::Nchw => [1, 3, h, w],
             Layout::Nhwc => [1, h, w, 3],
         };
-        let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
-        drop(proto);
         let mut model = model
             .with_input_fact(0, f32::fact(shape).into())?
             .with_outputs_by_name([output])?

@@ -1,5 +1,8 @@
-//! A retrained graph, loaded to classify images. Preprocessing comes from the graph's own
-//! metadata, never from flags, so it cannot drift from what retrain did.
+//! A retrained graph, loaded to classify images: flowers' ONNX graphs, flowers' TensorFlow
+//! graphs, and the graphs retrain.py itself wrote. For flowers' graphs the preprocessing
+//! comes from the graph's own metadata, so it cannot drift from what retrain did; a
+//! contradicting label_image.py flag gets a warning. retrain.py's graphs carry none, so
+//! label_image.py's flags and defaults apply, with its exact resizing.
 
 use std::borrow::Cow;
 use std::fs;
@@ -10,13 +13,34 @@ use serde::Serialize;
 
 use super::metadata::GraphMetadata;
 use crate::backbone::onnx::decode_model;
+use crate::backbone::tensorflow::{self, GraphDef};
 use crate::backbone::Plan;
-use crate::image::Preprocessing;
+use crate::image::{Layout, Preprocessing, ResizeRule};
 use crate::problem::Problem;
 use crate::util::messages::io_reason;
 
 /// The labels file read when neither `--labels` nor the graph gives labels.
 pub const DEFAULT_LABELS: &str = "retrained_labels.txt";
+
+/// label_image.py's options. They describe graphs that do not describe themselves
+/// (retrain.py's); flowers' own graphs carry the truth, and a flag that contradicts it is
+/// ignored with a warning.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabelImageFlags {
+    pub input_layer: Option<String>,
+    pub output_layer: Option<String>,
+    pub input_height: Option<u32>,
+    pub input_width: Option<u32>,
+    pub input_mean: Option<f32>,
+    pub input_std: Option<f32>,
+}
+
+/// label_image.py's defaults (tensorflow-for-poets-2), for graphs without metadata.
+const LEGACY_INPUT: &str = "input";
+const LEGACY_OUTPUT: &str = "final_result";
+const LEGACY_SIZE: u32 = 224;
+const LEGACY_MEAN: f32 = 128.0;
+const LEGACY_STD: f32 = 128.0;
 
 /// A retrained graph ready to label images.
 pub struct RetrainedGraph {
@@ -36,32 +60,23 @@ pub struct Prediction {
 }
 
 impl RetrainedGraph {
-    /// Loads a graph written by `flowers retrain`. `labels_file`, when given, must agree
-    /// with the labels the graph carries; a graph without labels needs one.
-    pub fn load(path: &Path, labels_file: Option<&Path>) -> Result<RetrainedGraph> {
+    /// Loads a retrained graph, ONNX or TensorFlow (told apart by content). `labels_file`,
+    /// when given, must agree with the labels the graph carries; a graph without labels
+    /// needs one.
+    pub fn load(
+        path: &Path,
+        labels_file: Option<&Path>,
+        flags: &LabelImageFlags,
+    ) -> Result<RetrainedGraph> {
         let bytes = fs::read(path)
             .map_err(|e| anyhow!("cannot read graph {}: {}", path.display(), io_reason(&e)))?;
         let display = path.display().to_string();
-        // Consumed, so its memory is freed for the copies tract makes next (see `Plan::new`).
-        let proto = decode_model(bytes, &display)?;
-        let entries = proto.metadata_props.iter();
-        let metadata =
-            GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
-                .with_context(|| {
-                    format!(
-                        "{display} lacks flowers metadata: was it written by `flowers retrain`?"
-                    )
-                })?;
-        let preprocessing = metadata.preprocessing.clone();
-        let output = proto
-            .graph
-            .as_ref()
-            .and_then(|g| g.output.first())
-            .map(|o| o.name.clone())
-            .ok_or_else(|| anyhow!("{display} has no output"))?;
-        let labels = resolve_labels(metadata.labels, labels_file, &display)?;
-        let plan = Plan::new(Cow::Owned(proto), &preprocessing, &output)
-            .with_context(|| format!("cannot prepare {display} for inference"))?;
+        let (labels, plan) = if tensorflow::looks_like_graph_def(&bytes) {
+            let graph = tensorflow::decode_graph(bytes, &display)?;
+            load_tensorflow(graph, labels_file, flags, &display)?
+        } else {
+            load_onnx(bytes, labels_file, flags, &display)?
+        };
         if labels.len() != plan.output_len {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",
@@ -71,7 +86,7 @@ impl RetrainedGraph {
         }
         Ok(RetrainedGraph {
             labels,
-            preprocessing,
+            preprocessing: plan.preprocessing.clone(),
             plan,
         })
     }
@@ -104,6 +119,155 @@ impl RetrainedGraph {
         let bytes = fs::read(path).map_err(|e| Problem::from_io(&e))?;
         let probabilities = self.probabilities(&bytes)?;
         Ok(self.top_k(&probabilities, k))
+    }
+}
+
+/// flowers' ONNX graph: everything from its metadata.
+fn load_onnx(
+    bytes: Vec<u8>,
+    labels_file: Option<&Path>,
+    flags: &LabelImageFlags,
+    display: &str,
+) -> Result<(Vec<String>, Plan)> {
+    // Consumed, so its memory is freed for the copies tract makes next (see `Plan::new`).
+    let proto = decode_model(bytes, display)?;
+    let entries = proto.metadata_props.iter();
+    let metadata = GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
+        .with_context(|| {
+            format!("{display} lacks flowers metadata: was it written by `flowers retrain`?")
+        })?;
+    let output = proto
+        .graph
+        .as_ref()
+        .and_then(|g| g.output.first())
+        .map(|o| o.name.clone())
+        .ok_or_else(|| anyhow!("{display} has no output"))?;
+    let input = proto
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.first())
+        .map(|i| i.name.clone())
+        .unwrap_or_default();
+    warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
+    let labels = resolve_labels(metadata.labels, labels_file, display)?;
+    let plan = Plan::new(Cow::Owned(proto), &metadata.preprocessing, &output)
+        .with_context(|| format!("cannot prepare {display} for inference"))?;
+    Ok((labels, plan))
+}
+
+/// A TensorFlow graph: flowers' (with metadata) or retrain.py's (label_image.py's flags).
+fn load_tensorflow(
+    graph: GraphDef,
+    labels_file: Option<&Path>,
+    flags: &LabelImageFlags,
+    display: &str,
+) -> Result<(Vec<String>, Plan)> {
+    let (preprocessing, input, output, embedded) = match graph.metadata() {
+        Some(entries) => {
+            let metadata =
+                GraphMetadata::from_entries(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .with_context(|| format!("{display} has damaged flowers metadata"))?;
+            let input = metadata.input.unwrap_or_else(|| LEGACY_INPUT.into());
+            let output = metadata.output.unwrap_or_else(|| LEGACY_OUTPUT.into());
+            warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
+            (metadata.preprocessing, input, output, metadata.labels)
+        }
+        None => {
+            let input = flags
+                .input_layer
+                .clone()
+                .unwrap_or_else(|| LEGACY_INPUT.into());
+            let output = flags
+                .output_layer
+                .clone()
+                .unwrap_or_else(|| LEGACY_OUTPUT.into());
+            let (height, width) = legacy_size(&graph, &input, flags, display);
+            let preprocessing = Preprocessing {
+                height,
+                width,
+                layout: Layout::Nhwc,
+                mean: [flags.input_mean.unwrap_or(LEGACY_MEAN); 3],
+                std: [flags.input_std.unwrap_or(LEGACY_STD); 3],
+                resize: ResizeRule::SquashTf,
+            };
+            (preprocessing, input, output, None)
+        }
+    };
+    for name in [&input, &output] {
+        if graph.node(tensorflow::node_name(name)).is_none() {
+            bail!("{display} has no node {name:?}: give the right one with --input_layer / --output_layer");
+        }
+    }
+    let labels = resolve_labels(embedded, labels_file, display)?;
+    let plan = Plan::from_tensorflow(&graph, &preprocessing, &input, &output)
+        .with_context(|| format!("cannot prepare {display} for inference"))?;
+    Ok((labels, plan))
+}
+
+/// The input size of a graph without metadata: fixed in the graph if it is (label_image.py
+/// then failed on any other size), else the flags, else 224.
+fn legacy_size(
+    graph: &GraphDef,
+    input: &str,
+    flags: &LabelImageFlags,
+    display: &str,
+) -> (u32, u32) {
+    let asked = (flags.input_height, flags.input_width);
+    match graph.placeholder_size(input) {
+        Some(fixed) => {
+            if asked.0.is_some_and(|h| h != fixed.0) || asked.1.is_some_and(|w| w != fixed.1) {
+                crate::warn!(
+                    "{display} takes {}x{} images: --input_height/--input_width ignored",
+                    fixed.0,
+                    fixed.1
+                );
+            }
+            fixed
+        }
+        None => (
+            asked.0.unwrap_or(LEGACY_SIZE),
+            asked.1.unwrap_or(LEGACY_SIZE),
+        ),
+    }
+}
+
+/// One warning line per label_image.py flag that contradicts what the graph says.
+fn warn_about_flags(
+    flags: &LabelImageFlags,
+    truth: &Preprocessing,
+    input: &str,
+    output: &str,
+    display: &str,
+) {
+    let mut contradictions = Vec::new();
+    let differs = |flag: Option<f32>, value: [f32; 3]| flag.is_some_and(|f| value != [f; 3]);
+    if flags.input_height.is_some_and(|h| h != truth.height) {
+        contradictions.push(format!("--input_height (the graph takes {})", truth.height));
+    }
+    if flags.input_width.is_some_and(|w| w != truth.width) {
+        contradictions.push(format!("--input_width (the graph takes {})", truth.width));
+    }
+    if differs(flags.input_mean, truth.mean) {
+        contradictions.push(format!("--input_mean (the graph uses {:?})", truth.mean));
+    }
+    if differs(flags.input_std, truth.std) {
+        contradictions.push(format!("--input_std (the graph uses {:?})", truth.std));
+    }
+    let same_tensor = |flag: &Option<String>, name: &str| {
+        flag.as_deref()
+            .is_none_or(|f| tensorflow::node_name(f) == tensorflow::node_name(name))
+    };
+    if !same_tensor(&flags.input_layer, input) {
+        contradictions.push(format!("--input_layer (the graph is fed at {input:?})"));
+    }
+    if !same_tensor(&flags.output_layer, output) {
+        contradictions.push(format!("--output_layer (the graph's output is {output:?})"));
+    }
+    if !contradictions.is_empty() {
+        crate::warn!(
+            "{display} describes its own preprocessing; ignoring {}",
+            contradictions.join(", ")
+        );
     }
 }
 

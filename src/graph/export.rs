@@ -14,20 +14,94 @@ use prost::Message;
 use tract_onnx::pb::{self, ModelProto};
 
 use super::metadata::{keys, GraphMetadata};
-use crate::backbone::Backbone;
+use crate::backbone::tensorflow::{self, FinalLayerNodes};
+use crate::backbone::{Backbone, BackboneGraph, ModelFormat};
 use crate::train::FinalLayer;
 use crate::util::atomic::write_atomically;
 
-const PREFIX: &str = "final_layer/";
+/// A retrained graph in the backbone's format: ONNX for ONNX backbones, a TensorFlow
+/// `GraphDef` for retrain.py's TensorFlow backbones.
+pub enum RetrainedGraphFile {
+    Onnx(Box<ModelProto>),
+    TensorFlow(tensorflow::GraphDef),
+}
 
-/// The retrained graph as an ONNX model.
+impl RetrainedGraphFile {
+    pub fn format(&self) -> ModelFormat {
+        match self {
+            RetrainedGraphFile::Onnx(_) => ModelFormat::Onnx,
+            RetrainedGraphFile::TensorFlow(_) => ModelFormat::TensorFlow,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            RetrainedGraphFile::Onnx(proto) => proto.encode_to_vec(),
+            RetrainedGraphFile::TensorFlow(graph) => graph.encode_to_vec(),
+        }
+    }
+
+    /// The usual file name extension of this format.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            RetrainedGraphFile::Onnx(_) => "onnx",
+            RetrainedGraphFile::TensorFlow(_) => "pb",
+        }
+    }
+}
+
+/// The retrained graph: the backbone cut at its bottleneck plus the new final layer, in
+/// the backbone's format, describing itself (labels, preprocessing) in its metadata.
 pub fn retrained_graph(
     backbone: &Backbone,
     layer: &FinalLayer,
     labels: &[String],
     final_tensor_name: &str,
+) -> Result<RetrainedGraphFile> {
+    match &backbone.graph {
+        BackboneGraph::Onnx(_) => Ok(RetrainedGraphFile::Onnx(Box::new(retrained_onnx(
+            backbone,
+            layer,
+            labels,
+            final_tensor_name,
+        )?))),
+        BackboneGraph::TensorFlow(graph) => {
+            let metadata = GraphMetadata {
+                labels: Some(labels.to_vec()),
+                preprocessing: backbone.preprocessing.clone(),
+                backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
+                input: Some(backbone.input_name.clone()),
+                output: Some(final_tensor_name.to_string()),
+            };
+            let weights: Vec<f32> = layer.weights.iter().copied().collect();
+            let biases: Vec<f32> = layer.biases.iter().copied().collect();
+            let nodes = FinalLayerNodes {
+                bottleneck: &backbone.bottleneck,
+                weights: &weights,
+                biases: &biases,
+                final_tensor_name,
+                metadata: &metadata.to_entries(),
+            };
+            Ok(RetrainedGraphFile::TensorFlow(
+                tensorflow::with_final_layer(graph, &nodes)?,
+            ))
+        }
+    }
+}
+
+const PREFIX: &str = "final_layer/";
+
+/// The retrained graph as an ONNX model.
+fn retrained_onnx(
+    backbone: &Backbone,
+    layer: &FinalLayer,
+    labels: &[String],
+    final_tensor_name: &str,
 ) -> Result<ModelProto> {
-    let mut proto = backbone.proto.clone();
+    let BackboneGraph::Onnx(proto) = &backbone.graph else {
+        bail!("the backbone is not an ONNX model");
+    };
+    let mut proto = (**proto).clone();
     let graph = proto
         .graph
         .as_mut()
@@ -51,6 +125,8 @@ pub fn retrained_graph(
         labels: Some(labels.to_vec()),
         preprocessing: backbone.preprocessing.clone(),
         backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
+        input: None,
+        output: None,
     };
     proto
         .metadata_props
@@ -204,9 +280,23 @@ fn int_attribute(name: &str, value: i64) -> pb::AttributeProto {
     }
 }
 
-/// Writes the retrained graph.
-pub fn write_graph(path: &Path, proto: &ModelProto) -> Result<()> {
-    write_atomically(path, &proto.encode_to_vec())
+/// Writes the retrained graph; a file name whose extension says another format gets one
+/// warning line (the file is what its content says, whatever its name).
+pub fn write_graph(path: &Path, graph: &RetrainedGraphFile) -> Result<()> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let other = match graph.format() {
+        ModelFormat::Onnx => extension == "pb",
+        ModelFormat::TensorFlow => extension == "onnx",
+    };
+    if other {
+        crate::warn!(
+            "{} is named .{extension} but holds a {} graph (the backbone's format); name it .{}",
+            path.display(),
+            graph.format().as_str(),
+            graph.extension()
+        );
+    }
+    write_atomically(path, &graph.encode())
 }
 
 /// Writes the labels file: one label per line, in output order.

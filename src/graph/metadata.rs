@@ -20,6 +20,9 @@ pub mod keys {
     pub const STD: &str = "flowers.std";
     pub const RESIZE: &str = "flowers.resize";
     pub const BACKBONE: &str = "flowers.backbone";
+    /// TensorFlow graphs only: the tensor images are fed to, and the output.
+    pub const INPUT: &str = "flowers.input";
+    pub const OUTPUT: &str = "flowers.output";
     /// Every key begins with this.
     pub const PREFIX: &str = "flowers.";
 }
@@ -33,6 +36,10 @@ pub struct GraphMetadata {
     pub preprocessing: Preprocessing,
     /// The backbone: `name sha256:hex`.
     pub backbone: Option<String>,
+    /// The tensor images are fed to and the output tensor, for graphs (TensorFlow) that
+    /// do not declare them.
+    pub input: Option<String>,
+    pub output: Option<String>,
 }
 
 impl GraphMetadata {
@@ -54,6 +61,12 @@ impl GraphMetadata {
         ]);
         if let Some(backbone) = &self.backbone {
             entries.push((keys::BACKBONE, backbone.clone()));
+        }
+        if let Some(input) = &self.input {
+            entries.push((keys::INPUT, input.clone()));
+        }
+        if let Some(output) = &self.output {
+            entries.push((keys::OUTPUT, output.clone()));
         }
         entries
     }
@@ -102,6 +115,8 @@ impl GraphMetadata {
             labels,
             preprocessing,
             backbone: map.get(keys::BACKBONE).map(|b| b.to_string()),
+            input: map.get(keys::INPUT).map(|b| b.to_string()),
+            output: map.get(keys::OUTPUT).map(|b| b.to_string()),
         })
     }
 }
@@ -122,6 +137,8 @@ mod tests {
                 resize: ResizeRule::CenterCrop(0.875),
             },
             backbone: Some("mobilenet_v1_1.0_224 sha256:1eb2".into()),
+            input: None,
+            output: None,
         }
     }
 
@@ -136,6 +153,14 @@ mod tests {
             backbone: None,
             ..sample()
         };
+        let tensorflow = GraphMetadata {
+            input: Some("Mul".into()),
+            output: Some("final_result".into()),
+            ..sample()
+        };
+        let entries = tensorflow.to_entries();
+        let read = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(read.unwrap(), tensorflow);
         let entries = no_labels.to_entries();
         let read = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (*k, v.as_str())));
         assert_eq!(read.unwrap(), no_labels);

@@ -6,5 +6,5 @@ pub mod export;
 pub mod metadata;
 
 pub use classifier::{read_labels, Prediction, RetrainedGraph, DEFAULT_LABELS};
-pub use export::{retrained_graph, write_graph, write_labels};
+pub use export::{retrained_graph, write_graph, write_labels, RetrainedGraphFile};
 pub use metadata::GraphMetadata;

@@ -45,22 +45,29 @@ impl Layout {
 /// How a photo of any shape becomes height x width pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ResizeRule {
-    /// The whole image, aspect ratio ignored (retrain.py's rule).
+    /// The whole image, aspect ratio ignored (retrain.py's rule), with a bilinear filter
+    /// that averages over the source when shrinking (as Pillow's).
     Squash,
+    /// The whole image, aspect ratio ignored, with TensorFlow 1's `resize_bilinear`
+    /// (`align_corners=False`, no antialiasing, float output): exactly what retrain.py and
+    /// label_image.py computed, for TensorFlow backbones and graphs.
+    SquashTf,
     /// The centred square covering this fraction of the shorter side.
     CenterCrop(f32),
 }
 
 impl ResizeRule {
     pub fn parse(s: &str) -> Result<ResizeRule, String> {
-        if s == "squash" {
-            return Ok(ResizeRule::Squash);
+        match s {
+            "squash" => return Ok(ResizeRule::Squash),
+            "squash-tf" => return Ok(ResizeRule::SquashTf),
+            _ => {}
         }
         let fraction = s
             .strip_prefix("center-crop:")
             .and_then(|f| f.parse::<f32>().ok())
             .ok_or_else(|| {
-                format!("unknown resize rule {s:?} (expected squash or center-crop:F)")
+                format!("unknown resize rule {s:?} (expected squash, squash-tf or center-crop:F)")
             })?;
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(format!(
@@ -75,6 +82,7 @@ impl fmt::Display for ResizeRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ResizeRule::Squash => write!(f, "squash"),
+            ResizeRule::SquashTf => write!(f, "squash-tf"),
             ResizeRule::CenterCrop(fraction) => write!(f, "center-crop:{fraction}"),
         }
     }
@@ -113,6 +121,9 @@ impl Preprocessing {
     pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, Problem> {
         catching_panics(|| {
             let rgb = decode_rgb(bytes)?;
+            if self.resize == ResizeRule::SquashTf {
+                return Ok(self.normalise_tf(&rgb));
+            }
             let resized = self.resize_rgb(rgb)?;
             Ok(self.normalise(&resized))
         })
@@ -140,13 +151,39 @@ impl Preprocessing {
         Ok(dst.into_vec())
     }
 
-    /// Turns height x width RGB bytes into the normalised float tensor.
-    pub fn normalise(&self, rgb: &[u8]) -> Tensor {
+    /// TensorFlow 1's `resize_bilinear` (`align_corners=False`, `half_pixel_centers=False`)
+    /// of the whole image to height x width, kept in float as TensorFlow keeps it, then
+    /// normalised: output pixel `(y, x)` samples the source at `(y * in_h / out_h, x *
+    /// in_w / out_w)`, interpolating along x, then y.
+    pub fn normalise_tf(&self, rgb: &RgbImage) -> Tensor {
+        let (in_w, in_h) = (rgb.width() as usize, rgb.height() as usize);
         let (h, w) = (self.height as usize, self.width as usize);
-        let scale = self.std.map(|s| 1.0 / s);
-        let value = |y: usize, x: usize, c: usize| {
-            (f32::from(rgb[(y * w + x) * 3 + c]) - self.mean[c]) * scale[c]
+        let pixels = rgb.as_raw();
+        let axis = |out: usize, len: usize| -> Vec<(usize, usize, f32)> {
+            let scale = len as f32 / out as f32;
+            (0..out)
+                .map(|i| {
+                    let at = i as f32 * scale;
+                    let low = (at.floor() as usize).min(len - 1);
+                    (low, (low + 1).min(len - 1), at - at.floor())
+                })
+                .collect()
         };
+        let (ys, xs) = (axis(h, in_h), axis(w, in_w));
+        let at = |y: usize, x: usize, c: usize| f32::from(pixels[(y * in_w + x) * 3 + c]);
+        let value = |y: usize, x: usize, c: usize| {
+            let ((y0, y1, dy), (x0, x1, dx)) = (ys[y], xs[x]);
+            let top = at(y0, x0, c) + (at(y0, x1, c) - at(y0, x0, c)) * dx;
+            let bottom = at(y1, x0, c) + (at(y1, x1, c) - at(y1, x0, c)) * dx;
+            let v = top + (bottom - top) * dy;
+            (v - self.mean[c]) / self.std[c]
+        };
+        self.tensor_of(value)
+    }
+
+    /// The input tensor whose element at pixel `(y, x)`, channel `c` is `value(y, x, c)`.
+    fn tensor_of(&self, value: impl Fn(usize, usize, usize) -> f32) -> Tensor {
+        let (h, w) = (self.height as usize, self.width as usize);
         let array = match self.layout {
             Layout::Nchw => {
                 tract_ndarray::Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| value(y, x, c))
@@ -156,6 +193,16 @@ impl Preprocessing {
             }
         };
         array.into()
+    }
+
+    /// Turns height x width RGB bytes into the normalised float tensor.
+    pub fn normalise(&self, rgb: &[u8]) -> Tensor {
+        let w = self.width as usize;
+        let scale = self.std.map(|s| 1.0 / s);
+        let value = |y: usize, x: usize, c: usize| {
+            (f32::from(rgb[(y * w + x) * 3 + c]) - self.mean[c]) * scale[c]
+        };
+        self.tensor_of(value)
     }
 }
 
@@ -239,6 +286,34 @@ mod tests {
             assert_eq!(channel_of(1), 0.0);
             assert!((channel_of(2) - 127.0 / 128.0).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn tensorflow_bilinear_samples_at_scaled_corners() {
+        // 2x1 image, black then white, stretched to 4 wide: TF1 samples x at 0, 0.5, 1, 1.5.
+        let image = RgbImage::from_fn(2, 1, |x, _| image::Rgb([if x == 0 { 0 } else { 255 }; 3]));
+        let p = Preprocessing {
+            height: 1,
+            width: 4,
+            layout: Layout::Nhwc,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            resize: ResizeRule::SquashTf,
+        };
+        let tensor = p.normalise_tf(&image);
+        let row: Vec<f32> = tensor
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .step_by(3)
+            .copied()
+            .collect();
+        assert_eq!(row, [0.0, 127.5, 255.0, 255.0]);
+        assert_eq!(
+            ResizeRule::parse("squash-tf").unwrap(),
+            ResizeRule::SquashTf
+        );
+        assert_eq!(ResizeRule::SquashTf.to_string(), "squash-tf");
     }
 
     #[test]

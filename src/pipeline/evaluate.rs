@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{accuracy_gate, thread_pool};
 use crate::dataset::Dataset;
+use crate::graph::classifier::LabelImageFlags;
 use crate::graph::RetrainedGraph;
 use crate::options::EvaluateOptions;
 use crate::problem::{Problem, Skipped};
@@ -27,7 +28,11 @@ pub struct Evaluation {
 /// `flowers evaluate`: measures the graph, prints the report on `out`, writes the picture
 /// if asked, and returns the exit code of the accuracy gate.
 pub fn run_command(options: &EvaluateOptions, out: &mut dyn Write) -> Result<u8> {
-    let graph = RetrainedGraph::load(&options.graph, options.labels.as_deref())?;
+    let graph = RetrainedGraph::load(
+        &options.graph,
+        options.labels.as_deref(),
+        &LabelImageFlags::default(),
+    )?;
     let pool = thread_pool(options.threads)?;
     let evaluation = pool.install(|| evaluate_directory(&graph, &options.image_dir))?;
     let report = &evaluation.report;

@@ -25,7 +25,7 @@ pub fn run_command(options: &LabelOptions, out: &mut dyn Write) -> Result<u8> {
     if options.inputs.is_empty() {
         bail!("no images given: pass image files or folders, or --image FILE");
     }
-    let graph = RetrainedGraph::load(&options.graph, options.labels.as_deref())?;
+    let graph = RetrainedGraph::load(&options.graph, options.labels.as_deref(), &options.flags)?;
     let pool = thread_pool(options.threads)?;
     let (files, unusable) = collect_inputs(&options.inputs);
     let several = files.len() + unusable.len() > 1 || options.inputs.iter().any(|p| p.is_dir());

@@ -2,6 +2,7 @@
 //! layer -> graph), `label` (graph + images -> predictions) and `evaluate` (graph +
 //! class folders -> report). Each only sequences the layers below and reports.
 
+pub mod architectures;
 pub mod evaluate;
 pub mod label;
 pub mod retrain;

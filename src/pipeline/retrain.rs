@@ -2,6 +2,7 @@
 //! This module only sequences the steps and reports; each step lives in its own module.
 
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,7 +43,8 @@ pub fn run_command(options: &RetrainOptions, out: &mut dyn Write) -> Result<u8> 
 /// Runs the whole pipeline and writes the graph and labels.
 pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let start = Instant::now();
-    check_writable(&options.output_graph)?;
+    let default_graph = Path::new("retrained_graph.onnx");
+    check_writable(options.output_graph.as_deref().unwrap_or(default_graph))?;
     check_writable(&options.output_labels)?;
     let mut log = TrainingLog::create(
         options.summaries_dir.as_deref(),
@@ -84,11 +86,15 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         &dataset.labels,
         &options.final_tensor_name,
     )?;
-    write_graph(&options.output_graph, &graph)?;
+    let output_graph = options
+        .output_graph
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("retrained_graph.{}", graph.extension())));
+    write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
     crate::info!(
         "Wrote {} and {}",
-        shown(&options.output_graph),
+        shown(&output_graph),
         shown(&options.output_labels)
     );
     let pictures = log.finish(test_report.as_ref())?;
@@ -111,7 +117,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         test_accuracy: test_report.as_ref().map(|r| r.accuracy),
         test_report,
         validation_report,
-        output_graph: options.output_graph.clone(),
+        output_graph,
         output_labels: options.output_labels.clone(),
         pictures,
         backbone: format!("{} sha256:{}", backbone.name, backbone.sha256),
