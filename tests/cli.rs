@@ -175,3 +175,32 @@ fn completions_and_man_page_come_from_the_binary() {
     let unknown = flowers(&["completions", "tcsh"], work.path());
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+#[test]
+fn a_graph_name_that_says_another_format_gets_one_warning() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    common::copy_sample(&cwd.join("images"), &["daisy", "roses"], 3);
+    let output = common::retrain(cwd, "images", 10, &["--output-graph", "graph.pb"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("graph.pb is named"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("ONNX"), "{err}");
+    // The content decides: label reads it as the ONNX graph it is.
+    let labelled = flowers(
+        &[
+            "label",
+            "--graph",
+            "graph.pb",
+            "--labels",
+            "retrained_labels.txt",
+            sample_image("daisy").to_str().unwrap(),
+        ],
+        cwd,
+    );
+    assert!(labelled.status.success(), "{}", stderr(&labelled));
+}

@@ -137,30 +137,11 @@ pub fn mirrored(url: &str, base: Option<&str>) -> String {
 /// the archive's sha256 and extracts again.
 pub fn ensure_archive(archive: &Archive, model_dir: &Path, opts: &Options) -> Result<PathBuf> {
     let name = archive_file_name(archive.url)?;
-    let expected = archive.sha256.map(normalize_sha256).transpose()?;
-    fs::create_dir_all(model_dir)
-        .with_context(|| format!("cannot create the model directory {}", model_dir.display()))?;
-    let final_path = model_dir.join(name);
-    let marker = marker_path(model_dir, name);
-
-    if final_path.is_file() {
-        if marker_is_valid(&marker, &final_path, expected.as_deref()) {
-            crate::info!("Not extracting or downloading files, model already present in disk");
-            return Ok(model_dir.to_path_buf());
-        }
-        if let Some(expected) = &expected {
-            let (got, len) = sha256_file(&final_path)?;
-            if &got != expected {
-                bail!(
-                    "{} is not the expected archive: sha256 expected {expected}, got {got} \
-                     ({len} bytes); delete it or replace it with the right file",
-                    final_path.display()
-                );
-            }
-        }
-    } else {
-        download(archive, name, model_dir, expected.as_deref(), opts)?;
+    let fetched = fetch(archive, name, model_dir, opts, "archive")?;
+    if fetched.ready {
+        return Ok(model_dir.to_path_buf());
     }
+    let (final_path, marker) = (fetched.path, fetched.marker);
 
     // No marker while the tree is being replaced: a crash from here on is redone.
     remove_if_exists(&marker)?;
@@ -175,31 +156,60 @@ pub fn ensure_archive(archive: &Archive, model_dir: &Path, opts: &Options) -> Re
 /// present makes no request.
 pub fn ensure_file(file: &Archive, model_dir: &Path, opts: &Options) -> Result<PathBuf> {
     let name = archive_file_name(file.url)?;
+    let fetched = fetch(file, name, model_dir, opts, "model")?;
+    if !fetched.ready {
+        write_marker(&fetched.marker, &fetched.path, &[name.to_string()])?;
+    }
+    Ok(fetched.path)
+}
+
+/// A file fetched into `model_dir`, or found there.
+struct Fetched {
+    path: PathBuf,
+    marker: PathBuf,
+    /// Found with a valid marker: nothing more to do (no request was made).
+    ready: bool,
+}
+
+/// The shared first half of [`ensure_archive`] and [`ensure_file`]: use the file in
+/// `model_dir` when its marker says it was verified (retrain.py's "already present"
+/// message, no request), check one put there by hand against the sha256, or download it.
+fn fetch(
+    file: &Archive,
+    name: &str,
+    model_dir: &Path,
+    opts: &Options,
+    what: &str,
+) -> Result<Fetched> {
     let expected = file.sha256.map(normalize_sha256).transpose()?;
     fs::create_dir_all(model_dir)
         .with_context(|| format!("cannot create the model directory {}", model_dir.display()))?;
-    let final_path = model_dir.join(name);
+    let path = model_dir.join(name);
     let marker = marker_path(model_dir, name);
-    if final_path.is_file() {
-        if marker_is_valid(&marker, &final_path, expected.as_deref()) {
-            crate::info!("Not extracting or downloading files, model already present in disk");
-            return Ok(final_path);
-        }
-        if let Some(expected) = &expected {
-            let (got, len) = sha256_file(&final_path)?;
-            if &got != expected {
-                bail!(
-                    "{} is not the expected model: sha256 expected {expected}, got {got} \
-                     ({len} bytes); delete it or replace it with the right file",
-                    final_path.display()
-                );
-            }
-        }
-    } else {
+    if !path.is_file() {
         download(file, name, model_dir, expected.as_deref(), opts)?;
+    } else if marker_is_valid(&marker, &path, expected.as_deref()) {
+        crate::info!("Not extracting or downloading files, model already present in disk");
+        return Ok(Fetched {
+            path,
+            marker,
+            ready: true,
+        });
+    } else if let Some(expected) = &expected {
+        let (got, len) = sha256_file(&path)?;
+        if &got != expected {
+            bail!(
+                "{} is not the expected {what}: sha256 expected {expected}, got {got} \
+                 ({len} bytes); delete it or replace it with the right file",
+                path.display()
+            );
+        }
     }
-    write_marker(&marker, &final_path, &[name.to_string()])?;
-    Ok(final_path)
+    Ok(Fetched {
+        path,
+        marker,
+        ready: false,
+    })
 }
 
 /// Extracts the gzip-compressed tar `path` into `into` and returns the top-level
