@@ -196,3 +196,50 @@ fn a_graph_retrain_py_wrote_labels_as_tensorflow_did() {
         assert!(largest < 0.1, "{photo}: probabilities differ by {largest}");
     }
 }
+
+#[test]
+fn an_inception_graph_without_metadata_is_fed_at_mul_with_299_pixels() {
+    use flowers::backbone::tensorflow::{GraphDef, METADATA_NODE};
+    use flowers::graph::{retrained_graph, write_labels, RetrainedGraphFile};
+    use flowers::train::FinalLayer;
+    use prost::Message;
+    use rand::SeedableRng;
+
+    let overrides = Overrides {
+        bottleneck_tensor: Some("pool_3/_reshape".into()),
+        ..Default::default()
+    };
+    let backbone =
+        Backbone::load(&ModelSource::File(fixture("inception_like.pb")), &overrides).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let layer = FinalLayer::new(32, 3, &mut rng);
+    let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let RetrainedGraphFile::TensorFlow(graph) =
+        retrained_graph(&backbone, &layer, &labels, "final_result").unwrap()
+    else {
+        panic!("a TensorFlow backbone gives a TensorFlow graph");
+    };
+    // As retrain.py would have written it: no flowers metadata.
+    let legacy = GraphDef {
+        node: graph
+            .node
+            .into_iter()
+            .filter(|n| n.name != METADATA_NODE)
+            .collect(),
+        versions: graph.versions,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("retrained_graph.pb");
+    fs::write(&path, legacy.encode_to_vec()).unwrap();
+    let labels_path = work.path().join("labels.txt");
+    write_labels(&labels_path, &labels).unwrap();
+    let flags = LabelImageFlags {
+        input_layer: Some("Mul".into()),
+        ..Default::default()
+    };
+    let loaded = RetrainedGraph::load(&path, Some(&labels_path), &flags).unwrap();
+    assert_eq!(loaded.preprocessing.height, 299);
+    let photo = &photos()[0];
+    let probabilities = loaded.probabilities(&photo_bytes(photo)).unwrap();
+    assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+}

@@ -205,7 +205,7 @@ fn load_tensorflow(
 }
 
 /// The input size of a graph without metadata: fixed in the graph if it is (label_image.py
-/// then failed on any other size), else the flags, else 224.
+/// then failed on any other size), else the flags, else 224 (299 for Inception's `Mul`).
 fn legacy_size(
     graph: &GraphDef,
     input: &str,
@@ -224,10 +224,13 @@ fn legacy_size(
             }
             fixed
         }
-        None => (
-            asked.0.unwrap_or(LEGACY_SIZE),
-            asked.1.unwrap_or(LEGACY_SIZE),
-        ),
+        None => {
+            // Inception's graphs are fed at `Mul`, after their own 299x299 resizing.
+            let inception = tensorflow::node_name(input) == "Mul"
+                && graph.node.iter().any(|n| n.op == "DecodeJpeg");
+            let side = if inception { 299 } else { LEGACY_SIZE };
+            (asked.0.unwrap_or(side), asked.1.unwrap_or(side))
+        }
     }
 }
 
