@@ -133,6 +133,8 @@ fn quantized_mobilenet_runs_with_its_weights_dequantized() {
         ..Default::default()
     };
     let backbone = Backbone::load(&ModelSource::File(file), &overrides).unwrap();
+    // Recognised by its sha256, with retrain.py's preprocessing for it.
+    assert_eq!(backbone.name, "mobilenet_0.25_224_quantized");
     assert_eq!(backbone.preprocessing.height, 224);
     for photo in photos() {
         let ours = bottleneck_of(&backbone, &photo);
