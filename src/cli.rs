@@ -191,6 +191,25 @@ pub struct RetrainArgs {
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub assert_accuracy_at_least: Option<f64>,
 
+    /// Also write the graph every N steps (0: never), as
+    /// <--intermediate-output-graphs-dir>/intermediate_<step>.pb (.onnx for ONNX backbones).
+    #[arg(
+        long,
+        alias = "intermediate_store_frequency",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub intermediate_store_frequency: u32,
+
+    /// Where the intermediate graphs go.
+    #[arg(
+        long,
+        alias = "intermediate_output_graphs_dir",
+        value_name = "DIR",
+        default_value = "/tmp/intermediate_graph/"
+    )]
+    pub intermediate_output_graphs_dir: PathBuf,
+
     #[command(flatten)]
     pub not_supported: RetrainPyOnly,
 }
@@ -222,15 +241,6 @@ pub struct RetrainPyOnly {
         allow_negative_numbers = true
     )]
     random_brightness: Option<String>,
-    #[arg(
-        long,
-        alias = "intermediate_store_frequency",
-        hide = true,
-        allow_negative_numbers = true
-    )]
-    intermediate_store_frequency: Option<String>,
-    #[arg(long, alias = "intermediate_output_graphs_dir", hide = true)]
-    intermediate_output_graphs_dir: Option<String>,
     #[arg(long, alias = "saved_model_dir", hide = true)]
     saved_model_dir: Option<String>,
     #[arg(long, alias = "tfhub_module", hide = true)]
@@ -247,16 +257,6 @@ impl RetrainPyOnly {
             ("--random_crop", self.random_crop.is_some(), distortions),
             ("--random_scale", self.random_scale.is_some(), distortions),
             ("--random_brightness", self.random_brightness.is_some(), distortions),
-            (
-                "--intermediate_store_frequency",
-                self.intermediate_store_frequency.is_some(),
-                "is not supported yet: run retrain with fewer --how_many_training_steps to get an earlier graph",
-            ),
-            (
-                "--intermediate_output_graphs_dir",
-                self.intermediate_output_graphs_dir.is_some(),
-                "is not supported yet: run retrain with fewer --how_many_training_steps to get an earlier graph",
-            ),
             (
                 "--saved_model_dir",
                 self.saved_model_dir.is_some(),
@@ -549,7 +549,10 @@ impl RetrainArgs {
                 )?,
                 eval_step_interval: self.eval_step_interval as usize,
                 seed: self.seed,
+                snapshot_every: (self.intermediate_store_frequency > 0)
+                    .then_some(self.intermediate_store_frequency as usize),
             },
+            intermediate_output_graphs_dir: self.intermediate_output_graphs_dir,
             test_batch_size: batch_size(self.test_batch_size, "--test-batch-size")?,
             testing_percentage: self.testing_percentage,
             validation_percentage: self.validation_percentage,

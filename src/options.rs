@@ -46,6 +46,8 @@ pub struct RetrainOptions {
     pub summaries_dir: Option<PathBuf>,
     /// Where the PNG pictures go [default: the summaries directory].
     pub report_dir: Option<PathBuf>,
+    /// Where `training.snapshot_every` puts its intermediate graphs.
+    pub intermediate_output_graphs_dir: PathBuf,
     /// Results as JSON on stdout (the text report then goes to stderr).
     pub json: bool,
     /// Exit code 3 when the final test accuracy is below this fraction.

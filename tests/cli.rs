@@ -204,3 +204,36 @@ fn a_graph_name_that_says_another_format_gets_one_warning() {
     );
     assert!(labelled.status.success(), "{}", stderr(&labelled));
 }
+
+#[test]
+fn intermediate_graphs_are_written_as_retrain_py_wrote_them() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    common::copy_sample(&cwd.join("images"), &["daisy", "roses"], 3);
+    let output = common::retrain(
+        cwd,
+        "images",
+        25,
+        &[
+            "--intermediate_store_frequency=10",
+            "--intermediate_output_graphs_dir=intermediate/",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut written: Vec<String> = std::fs::read_dir(cwd.join("intermediate"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["intermediate_10.onnx", "intermediate_20.onnx"]);
+    let labelled = flowers(
+        &[
+            "label",
+            "--graph",
+            "intermediate/intermediate_20.onnx",
+            sample_image("roses").to_str().unwrap(),
+        ],
+        cwd,
+    );
+    assert!(labelled.status.success(), "{}", stderr(&labelled));
+}

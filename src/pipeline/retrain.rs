@@ -68,13 +68,23 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let splits = split_examples(&dataset, bottlenecks, options)?;
     let [training, validation, testing] = &splits;
     let training_start = Instant::now();
+    let mut snapshot_error = None;
     let layer = train(
         training,
         validation,
         dataset.labels.len(),
         &options.training,
         |evaluation, layer| log.record(evaluation, layer),
+        |step, layer| {
+            if snapshot_error.is_none() {
+                let written = write_intermediate(options, &backbone, layer, &dataset.labels, step);
+                snapshot_error = written.err();
+            }
+        },
     );
+    if let Some(error) = snapshot_error {
+        return Err(error);
+    }
     let training_seconds = training_start.elapsed().as_secs_f64();
     let tested = test_sample(testing, options);
     let test_report = tested.as_ref().map(|t| report_on(&layer, t, &dataset));
@@ -125,6 +135,30 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         training_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// retrain.py's intermediate graph: `<dir>/intermediate_<step>.pb` (`.onnx` for ONNX
+/// backbones), the graph as it would be if training stopped here.
+fn write_intermediate(
+    options: &RetrainOptions,
+    backbone: &Backbone,
+    layer: &FinalLayer,
+    labels: &[String],
+    step: usize,
+) -> Result<()> {
+    let graph = retrained_graph(backbone, layer, labels, &options.final_tensor_name)?;
+    let dir = &options.intermediate_output_graphs_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create --intermediate-output-graphs-dir {}: {}",
+            shown(dir),
+            crate::util::messages::io_reason(&e)
+        )
+    })?;
+    let path = dir.join(format!("intermediate_{step}.{}", graph.extension()));
+    write_graph(&path, &graph)?;
+    crate::info!("Wrote {}", shown(&path));
+    Ok(())
 }
 
 fn report_dataset(dataset: &Dataset) {

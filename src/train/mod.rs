@@ -20,6 +20,9 @@ pub struct TrainingOptions {
     pub validation_batch_size: Option<usize>,
     pub eval_step_interval: usize,
     pub seed: u64,
+    /// retrain.py's `--intermediate_store_frequency`: hand the layer out every this many
+    /// steps (not at step 0), for intermediate graphs.
+    pub snapshot_every: Option<usize>,
 }
 
 /// What an evaluation step measured.
@@ -42,13 +45,14 @@ pub struct ValidationScore {
 }
 
 /// Trains a new final layer, calling `on_evaluation` every `eval_step_interval` steps and
-/// at the last step.
+/// at the last step, and `on_snapshot` with the step every `snapshot_every` steps.
 pub fn train(
     training: &Examples,
     validation: &Examples,
     class_count: usize,
     options: &TrainingOptions,
     mut on_evaluation: impl FnMut(&Evaluation, &FinalLayer),
+    mut on_snapshot: impl FnMut(usize, &FinalLayer),
 ) -> FinalLayer {
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
@@ -66,6 +70,12 @@ pub fn train(
                 validation: validate(&layer, validation, options, &mut rng),
             };
             on_evaluation(&evaluation, &layer);
+        }
+        if options
+            .snapshot_every
+            .is_some_and(|every| step > 0 && step % every == 0)
+        {
+            on_snapshot(step, &layer);
         }
     }
     layer
@@ -144,6 +154,7 @@ mod tests {
             validation_batch_size: None,
             eval_step_interval: 10,
             seed: 42,
+            snapshot_every: Some(100),
         }
     }
 
@@ -152,9 +163,16 @@ mod tests {
         let training = blobs(50, 1);
         let validation = blobs(20, 2);
         let mut last = None;
-        let layer = train(&training, &validation, 3, &options(300), |e, _| {
-            last = Some(e.clone())
-        });
+        let mut snapshots = Vec::new();
+        let layer = train(
+            &training,
+            &validation,
+            3,
+            &options(300),
+            |e, _| last = Some(e.clone()),
+            |step, _| snapshots.push(step),
+        );
+        assert_eq!(snapshots, [100, 200]);
         let probabilities = layer.probabilities_of(&validation);
         assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
         let last = last.unwrap();
@@ -168,8 +186,8 @@ mod tests {
     fn training_is_reproducible_with_a_seed() {
         let training = blobs(20, 3);
         let empty = examples_of(Array2::zeros((0, 8)), vec![], 3);
-        let a = train(&training, &empty, 3, &options(50), |_, _| {});
-        let b = train(&training, &empty, 3, &options(50), |_, _| {});
+        let a = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {});
+        let b = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {});
         assert_eq!(a, b);
     }
 
