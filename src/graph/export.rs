@@ -290,7 +290,7 @@ pub fn write_graph(path: &Path, graph: &RetrainedGraphFile) -> Result<()> {
     };
     if other {
         crate::warn!(
-            "{} is named .{extension} but holds a {} graph (the backbone's format); name it .{}",
+            "{} is named .{extension}, but it is {} (the backbone's format); name it .{}",
             path.display(),
             graph.format().as_str(),
             graph.extension()
