@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::backbone::{Fetch, ModelSource, Overrides};
+use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
 use crate::image::{parse_channels, ResizeRule};
 use crate::options::{self, EvaluateOptions, LabelOptions, RetrainOptions};
@@ -51,6 +52,113 @@ pub enum Command {
     Man,
     /// List the backbones --architecture knows: name, format, size, source, on disk.
     Architectures(ArchitecturesArgs),
+    /// Compute bottlenecks into the cache and nothing else: one shard of a cluster job
+    /// (docs/cluster.md), or all of them.
+    Extract(Box<ExtractArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// Folder with one sub-folder per class, as for retrain.
+    #[arg(long, alias = "image_dir", value_name = "DIR")]
+    pub image_dir: PathBuf,
+
+    /// Bottleneck cache folder, shared by every shard [default: the per-user cache].
+    #[arg(long, alias = "bottleneck_dir", value_name = "DIR")]
+    pub bottleneck_dir: Option<PathBuf>,
+
+    /// This process's shard, K of N counted from 1 (`--shard 2/3`) [default: from the
+    /// scheduler's variables (JOB_COMPLETION_INDEX with --shards, or SLURM_ARRAY_TASK_*),
+    /// else every image].
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+
+    /// The number of shards, for Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX counts from 0).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards: Option<u32>,
+
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ExtractArgs {
+    fn into_options(self, quiet: bool) -> Result<options::ExtractOptions, String> {
+        if let Some(name) = &self.backbone.architecture {
+            crate::backbone::registry::find(name).map_err(|e| e.to_string())?;
+        }
+        let shard = shard_from(self.shard.as_deref(), self.shards, |name| {
+            std::env::var(name).ok()
+        })?;
+        Ok(options::ExtractOptions {
+            image_dir: self.image_dir,
+            bottleneck_dir: self.bottleneck_dir.unwrap_or_else(default_bottleneck_dir),
+            model: self.backbone.source(quiet),
+            overrides: self.backbone.overrides()?,
+            threads: self.threads.map(|t| t as usize),
+            shard,
+            json: self.json,
+        })
+    }
+}
+
+/// The shard to extract: `--shard K/N`; else Kubernetes' 0-based `JOB_COMPLETION_INDEX`
+/// with `--shards N`; else Slurm's `SLURM_ARRAY_TASK_ID` counted from
+/// `SLURM_ARRAY_TASK_MIN` out of `SLURM_ARRAY_TASK_COUNT`; else every image.
+fn shard_from(
+    explicit: Option<&str>,
+    shards: Option<u32>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Shard>, String> {
+    if let Some(text) = explicit {
+        return Shard::parse(text).map(Some);
+    }
+    let number = |name: &str| -> Result<Option<usize>, String> {
+        env(name)
+            .map(|v| {
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("{name}={v:?} is not a number"))
+            })
+            .transpose()
+    };
+    let shard = |index: usize, count: usize, what: &str| {
+        if count == 0 || index >= count {
+            Err(format!(
+                "{what} gives shard index {index} of {count}: out of range"
+            ))
+        } else {
+            Ok(Some(Shard { index, count }))
+        }
+    };
+    if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+        let count = shards.ok_or(
+            "JOB_COMPLETION_INDEX is set: give the number of shards with --shards N (the Job's completions)",
+        )?;
+        return shard(index, count as usize, "JOB_COMPLETION_INDEX");
+    }
+    let slurm = (
+        number("SLURM_ARRAY_TASK_ID")?,
+        number("SLURM_ARRAY_TASK_COUNT")?,
+    );
+    if let (Some(id), Some(count)) = slurm {
+        let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        return shard(id.saturating_sub(min), count, "SLURM_ARRAY_TASK_ID");
+    }
+    if shards.is_some() {
+        return Err(
+            "--shards goes with JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs); elsewhere use --shard K/N"
+                .into(),
+        );
+    }
+    Ok(None)
 }
 
 #[derive(Args, Debug)]
@@ -190,6 +298,11 @@ pub struct RetrainArgs {
     /// this fraction, e.g. 0.9.
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub assert_accuracy_at_least: Option<f64>,
+
+    /// Compute no bottleneck: fail (exit 2, saying how many) if any image is not in the
+    /// cache yet. For the last step of a cluster run, after every `flowers extract` shard.
+    #[arg(long)]
+    pub require_cached: bool,
 
     /// Also write the graph every N steps (0: never), as
     /// <--intermediate-output-graphs-dir>/intermediate_<step>.pb (.onnx for ONNX backbones).
@@ -448,6 +561,9 @@ impl Cli {
             Command::Evaluate(args) => {
                 Request::Run(options::Command::Evaluate(args.into_options()))
             }
+            Command::Extract(args) => Request::Run(options::Command::Extract(Box::new(
+                args.into_options(quiet)?,
+            ))),
             Command::Architectures(args) => Request::Run(options::Command::Architectures(
                 options::ArchitecturesOptions {
                     model_dir: args.model_dir.unwrap_or_else(default_model_dir),
@@ -553,6 +669,7 @@ impl RetrainArgs {
                     .then_some(self.intermediate_store_frequency as usize),
             },
             intermediate_output_graphs_dir: self.intermediate_output_graphs_dir,
+            require_cached: self.require_cached,
             test_batch_size: batch_size(self.test_batch_size, "--test-batch-size")?,
             testing_percentage: self.testing_percentage,
             validation_percentage: self.validation_percentage,
@@ -647,5 +764,40 @@ fn fraction(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "expected a fraction from 0 to 1 (e.g. 0.9), got {text:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn shards_come_from_the_flag_or_the_schedulers_variables() {
+        let shard = |index, count| Ok(Some(Shard { index, count }));
+        assert_eq!(shard_from(Some("2/3"), None, env(&[])), shard(1, 3));
+        assert_eq!(shard_from(None, None, env(&[])), Ok(None));
+        // Kubernetes Indexed Job: 0-based index, count from --shards.
+        let k8s = [("JOB_COMPLETION_INDEX", "0")];
+        assert_eq!(shard_from(None, Some(4), env(&k8s)), shard(0, 4));
+        assert!(shard_from(None, None, env(&k8s)).is_err());
+        assert!(shard_from(None, Some(4), env(&[("JOB_COMPLETION_INDEX", "4")])).is_err());
+        // Slurm array 5-7: task 6 is the second of three.
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "6"),
+            ("SLURM_ARRAY_TASK_MIN", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ];
+        assert_eq!(shard_from(None, None, env(&slurm)), shard(1, 3));
+        // The flag wins over the environment.
+        assert_eq!(shard_from(Some("3/3"), None, env(&slurm)), shard(2, 3));
+        assert!(shard_from(None, Some(2), env(&[])).is_err());
     }
 }

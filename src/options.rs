@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::backbone::{ModelSource, Overrides};
+use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
 use crate::train::TrainingOptions;
 
@@ -14,6 +15,20 @@ pub enum Command {
     Label(LabelOptions),
     Evaluate(EvaluateOptions),
     Architectures(ArchitecturesOptions),
+    Extract(Box<ExtractOptions>),
+}
+
+/// `flowers extract`: bottlenecks into the cache, for one shard or all images.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    pub image_dir: PathBuf,
+    pub bottleneck_dir: PathBuf,
+    pub model: ModelSource,
+    pub overrides: Overrides,
+    pub threads: Option<usize>,
+    /// `None`: every image.
+    pub shard: Option<Shard>,
+    pub json: bool,
 }
 
 /// `flowers architectures`: the registry, and what of it is on disk.
@@ -48,6 +63,8 @@ pub struct RetrainOptions {
     pub report_dir: Option<PathBuf>,
     /// Where `training.snapshot_every` puts its intermediate graphs.
     pub intermediate_output_graphs_dir: PathBuf,
+    /// Fail instead of computing bottlenecks missing from the cache.
+    pub require_cached: bool,
     /// Results as JSON on stdout (the text report then goes to stderr).
     pub json: bool,
     /// Exit code 3 when the final test accuracy is below this fraction.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -26,11 +26,65 @@ use crate::problem::{Problem, Skipped};
 use crate::util::messages::{io_reason, shown};
 use crate::util::progress::Progress;
 
+/// Which images one extraction is responsible for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Only the images whose content hash falls in this shard (`flowers extract --shard`).
+    pub shard: Option<Shard>,
+    /// Refuse to compute anything: every image must be in the cache already (the final
+    /// step of a cluster run, which must not quietly redo a failed shard's work).
+    pub require_cached: bool,
+}
+
+/// Shard `index` (0-based) of `count`: the images whose sha256, read as a little-endian
+/// number from its first 8 bytes, is `index` modulo `count`. The content decides, so every
+/// machine agrees whatever order it lists the files in, and renamed files stay put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `K/N` with K counted from 1, as `--shard` takes it.
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        let parsed = text.split_once('/').and_then(|(k, n)| {
+            Some((
+                k.trim().parse::<usize>().ok()?,
+                n.trim().parse::<usize>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((k, n)) if n >= 1 && (1..=n).contains(&k) => Ok(Shard {
+                index: k - 1,
+                count: n,
+            }),
+            _ => Err(format!(
+                "--shard takes K/N with 1 <= K <= N (e.g. 2/3), got {text:?}"
+            )),
+        }
+    }
+
+    pub fn contains(&self, image_sha: &[u8; 32]) -> bool {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&image_sha[..8]);
+        (u64::from_le_bytes(first) % self.count as u64) as usize == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index + 1, self.count)
+    }
+}
+
 /// What an extraction did.
 #[derive(Debug, Default)]
 pub struct ExtractionReport {
     pub cached: usize,
     pub computed: usize,
+    /// Images left to other shards.
+    pub other_shards: usize,
     pub failed: Vec<Skipped>,
     pub elapsed: Duration,
 }
@@ -62,6 +116,17 @@ pub fn extract_all(
     backbone: &Backbone,
     cache: &Cache,
 ) -> Result<(Bottlenecks, ExtractionReport)> {
+    extract_scoped(images, backbone, cache, Scope::default())
+}
+
+/// [`extract_all`] for the images of `scope` only: images of other shards are hashed but
+/// neither read from the cache nor computed, and have no row.
+pub fn extract_scoped(
+    images: &[ImageEntry],
+    backbone: &Backbone,
+    cache: &Cache,
+    scope: Scope,
+) -> Result<(Bottlenecks, ExtractionReport)> {
     let start = Instant::now();
     // Phase 1: hash every image; cached vectors go straight into the matrix, which takes
     // its width from the first one (so a warm run loads no model).
@@ -69,12 +134,20 @@ pub fn extract_all(
     let mut lookups: Vec<Lookup> = images
         .par_iter()
         .enumerate()
-        .map(|(row, image)| lookup(row, image, cache, &matrix))
+        .map(|(row, image)| lookup(row, image, cache, &matrix, scope.shard))
         .collect();
     let misses = lookups
         .iter()
         .filter(|l| matches!(l, Lookup::Miss(_)))
         .count();
+    if scope.require_cached && misses > 0 {
+        bail!(
+            "{misses} of {} images have no bottleneck in {}: run `flowers extract` for them \
+             (every shard), or leave out --require-cached to compute them here",
+            images.len(),
+            cache.dir().display()
+        );
+    }
     let (plan, writer) = match (misses, matrix.take()?) {
         (0, Some(writer)) => (None, writer),
         (_, cached) => {
@@ -92,20 +165,21 @@ pub fn extract_all(
     };
     // Phase 2: compute what is missing.
     let progress = Progress::new(images.len() as u64, "bottlenecks");
-    let results: Vec<Result<bool, Problem>> = images
+    let results: Vec<Result<Outcome, Problem>> = images
         .par_iter()
         .enumerate()
         .zip(lookups.into_par_iter())
         .map(|((row, image), lookup)| {
             let result = match lookup {
-                Lookup::Hit(_) => Ok(true),
+                Lookup::Hit(_) => Ok(Outcome::Cached),
+                Lookup::Elsewhere => Ok(Outcome::Elsewhere),
                 Lookup::Miss(sha) => {
                     let plan = plan
                         .as_ref()
                         .expect("a plan is loaded whenever there are misses");
                     compute(image, sha, plan, cache).map(|vector| {
                         writer.write_row(row, &vector);
-                        false
+                        Outcome::Computed
                     })
                 }
                 Lookup::Unreadable(problem) => Err(problem),
@@ -121,10 +195,11 @@ pub fn extract_all(
     let mut report = ExtractionReport::default();
     let mut present = Vec::with_capacity(images.len());
     for (image, result) in images.iter().zip(results) {
-        present.push(result.is_ok());
+        present.push(matches!(result, Ok(Outcome::Cached | Outcome::Computed)));
         match result {
-            Ok(true) => report.cached += 1,
-            Ok(false) => report.computed += 1,
+            Ok(Outcome::Cached) => report.cached += 1,
+            Ok(Outcome::Computed) => report.computed += 1,
+            Ok(Outcome::Elsewhere) => report.other_shards += 1,
             Err(problem) => report.failed.push(Skipped {
                 path: image.path.clone(),
                 problem,
@@ -139,7 +214,16 @@ pub fn extract_all(
 enum Lookup {
     Hit([u8; 32]),
     Miss([u8; 32]),
+    /// Another shard's image.
+    Elsewhere,
     Unreadable(Problem),
+}
+
+/// How one image's bottleneck was had.
+enum Outcome {
+    Cached,
+    Computed,
+    Elsewhere,
 }
 
 impl Lookup {
@@ -187,10 +271,19 @@ impl<'a> LazyMatrix<'a> {
     }
 }
 
-fn lookup(row: usize, image: &ImageEntry, cache: &Cache, matrix: &LazyMatrix) -> Lookup {
+fn lookup(
+    row: usize,
+    image: &ImageEntry,
+    cache: &Cache,
+    matrix: &LazyMatrix,
+    shard: Option<Shard>,
+) -> Lookup {
     match fs::read(&image.path) {
         Ok(bytes) => {
             let sha: [u8; 32] = Sha256::digest(&bytes).into();
+            if shard.is_some_and(|shard| !shard.contains(&sha)) {
+                return Lookup::Elsewhere;
+            }
             match cache.read(&sha) {
                 Some(vector) if matrix.store(row, &vector) => Lookup::Hit(sha),
                 _ => Lookup::Miss(sha),
@@ -220,4 +313,31 @@ fn compute(
         );
     }
     Ok(vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_disjoint_and_cover_everything() {
+        let shards: Vec<Shard> = (1..=3)
+            .map(|k| Shard::parse(&format!("{k}/3")).unwrap())
+            .collect();
+        let mut per_shard = [0usize; 3];
+        for i in 0u32..3000 {
+            let sha: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
+            let owners: Vec<usize> = (0..3).filter(|&s| shards[s].contains(&sha)).collect();
+            assert_eq!(owners.len(), 1, "image {i} belongs to {owners:?}");
+            per_shard[owners[0]] += 1;
+        }
+        assert!(
+            per_shard.iter().all(|&n| (850..1150).contains(&n)),
+            "{per_shard:?}"
+        );
+        assert_eq!(shards[1].to_string(), "2/3");
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{accuracy_gate, thread_pool};
 use crate::backbone::Backbone;
-use crate::bottleneck::{extract_all, Bottlenecks, Cache};
+use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
 use crate::graph::{retrained_graph, write_graph, write_labels};
 use crate::options::RetrainOptions;
@@ -55,8 +55,12 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     report_dataset(&dataset);
     let backbone = Backbone::load(&options.model, &options.overrides)?;
     let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
+    let scope = Scope {
+        shard: None,
+        require_cached: options.require_cached,
+    };
     let (bottlenecks, extraction) =
-        pool.install(|| extract_all(&dataset.images, &backbone, &cache))?;
+        pool.install(|| extract_scoped(&dataset.images, &backbone, &cache, scope))?;
     crate::info!(
         "Bottlenecks: {} cached, {} computed, {} skipped in {:.1}s ({})",
         extraction.cached,
