@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_sample, flowers, sample_dir, stderr, stdout};
+use common::{cache_entries, copy_sample, flowers, sample_dir, stderr, stdout};
 
 fn retrain_args<'a>(images: &'a str, cache: &'a str, graph: &'a str) -> Vec<&'a str> {
     vec![
@@ -26,22 +26,6 @@ fn retrain_args<'a>(images: &'a str, cache: &'a str, graph: &'a str) -> Vec<&'a 
         "--threads",
         "1",
     ]
-}
-
-fn cache_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut entries = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "bn") {
-                entries.push(path);
-            }
-        }
-    }
-    entries
 }
 
 fn computed_count(stderr: &str) -> usize {
