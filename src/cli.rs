@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::backbone::{Fetch, ModelSource, Overrides};
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
-use crate::image::{parse_channels, ResizeRule};
+use crate::image::{parse_channels, Distortions, ResizeRule};
 use crate::options::{self, EvaluateOptions, LabelOptions, RetrainOptions};
 use crate::train::TrainingOptions;
 
@@ -304,6 +304,37 @@ pub struct RetrainArgs {
     #[arg(long)]
     pub require_cached: bool,
 
+    /// Memory for bottleneck values (e.g. 512MiB, 2GB). Up to it they are memory-mapped;
+    /// past it they are streamed from a scratch file beside the cache, so training memory
+    /// does not grow with the image count (a million MobileNet bottlenecks are 4 GB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = byte_size)]
+    pub training_memory: u64,
+
+    /// Mirror half of the distorted training copies (retrain.py's distortion).
+    #[arg(long, alias = "flip_left_right", help_heading = "Distortions")]
+    pub flip_left_right: bool,
+
+    /// Enlarge by this margin (percent) and crop back to the input size at random.
+    #[arg(long, alias = "random_crop", value_name = "PCT", default_value_t = 0.0,
+          help_heading = "Distortions", value_parser = percentage, allow_negative_numbers = true)]
+    pub random_crop: f32,
+
+    /// Enlarge by a further random 0 to PCT percent before the crop.
+    #[arg(long, alias = "random_scale", value_name = "PCT", default_value_t = 0.0,
+          help_heading = "Distortions", value_parser = percentage, allow_negative_numbers = true)]
+    pub random_scale: f32,
+
+    /// Multiply the pixels by a random factor within 1 +- PCT percent.
+    #[arg(long, alias = "random_brightness", value_name = "PCT", default_value_t = 0.0,
+          help_heading = "Distortions", value_parser = percentage, allow_negative_numbers = true)]
+    pub random_brightness: f32,
+
+    /// Distorted copies per training image, computed once and cached, that training
+    /// samples from where retrain.py distorted afresh at every step (see README).
+    #[arg(long, value_name = "K", default_value_t = 10, help_heading = "Distortions",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub distorted_copies: u32,
+
     /// Also write the graph every N steps (0: never), as
     /// <--intermediate-output-graphs-dir>/intermediate_<step>.pb (.onnx for ONNX backbones).
     #[arg(
@@ -331,29 +362,6 @@ pub struct RetrainArgs {
 /// one line saying what to use instead, rather than a generic usage error.
 #[derive(Args, Debug)]
 pub struct RetrainPyOnly {
-    #[arg(long, alias = "flip_left_right", hide = true, num_args = 0..=1, default_missing_value = "true")]
-    flip_left_right: Option<String>,
-    #[arg(
-        long,
-        alias = "random_crop",
-        hide = true,
-        allow_negative_numbers = true
-    )]
-    random_crop: Option<String>,
-    #[arg(
-        long,
-        alias = "random_scale",
-        hide = true,
-        allow_negative_numbers = true
-    )]
-    random_scale: Option<String>,
-    #[arg(
-        long,
-        alias = "random_brightness",
-        hide = true,
-        allow_negative_numbers = true
-    )]
-    random_brightness: Option<String>,
     #[arg(long, alias = "saved_model_dir", hide = true)]
     saved_model_dir: Option<String>,
     #[arg(long, alias = "tfhub_module", hide = true)]
@@ -363,13 +371,7 @@ pub struct RetrainPyOnly {
 impl RetrainPyOnly {
     /// The first flag given, with what to do instead.
     fn check(&self) -> Result<(), String> {
-        let distortions =
-            "is not supported yet: flowers trains on cached bottlenecks; leave it out";
         let flags = [
-            ("--flip_left_right", self.flip_left_right.is_some(), distortions),
-            ("--random_crop", self.random_crop.is_some(), distortions),
-            ("--random_scale", self.random_scale.is_some(), distortions),
-            ("--random_brightness", self.random_brightness.is_some(), distortions),
             (
                 "--saved_model_dir",
                 self.saved_model_dir.is_some(),
@@ -643,6 +645,12 @@ impl RetrainArgs {
                 self.learning_rate
             ));
         }
+        if self.random_brightness > 100.0 {
+            return Err(format!(
+                "--random-brightness must be at most 100 (percent), got {}",
+                self.random_brightness
+            ));
+        }
         if self.final_tensor_name.is_empty() {
             return Err("--final-tensor-name must not be empty".into());
         }
@@ -670,6 +678,14 @@ impl RetrainArgs {
             },
             intermediate_output_graphs_dir: self.intermediate_output_graphs_dir,
             require_cached: self.require_cached,
+            training_memory: self.training_memory,
+            distortions: Distortions {
+                flip_left_right: self.flip_left_right,
+                random_crop: self.random_crop,
+                random_scale: self.random_scale,
+                random_brightness: self.random_brightness,
+            },
+            distorted_copies: self.distorted_copies as usize,
             test_batch_size: batch_size(self.test_batch_size, "--test-batch-size")?,
             testing_percentage: self.testing_percentage,
             validation_percentage: self.validation_percentage,
@@ -765,6 +781,22 @@ fn fraction(text: &str) -> Result<f64, String> {
             "expected a fraction from 0 to 1 (e.g. 0.9), got {text:?}"
         )),
     }
+}
+
+/// A percentage from 0 to 1000, as retrain.py's distortion flags take them.
+fn percentage(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if (0.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a percentage from 0 to 1000 (e.g. 10), got {text:?}"
+        )),
+    }
+}
+
+/// A byte size such as `512MiB`, `2GB` or `1000000` (bytes).
+fn byte_size(text: &str) -> Result<u64, String> {
+    parse_size::parse_size(text)
+        .map_err(|e| format!("expected a size such as 512MiB or 2GB, got {text:?}: {e}"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::backbone::{ModelSource, Overrides};
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
+use crate::image::Distortions;
 use crate::train::TrainingOptions;
 
 /// A command to run.
@@ -65,6 +66,12 @@ pub struct RetrainOptions {
     pub intermediate_output_graphs_dir: PathBuf,
     /// Fail instead of computing bottlenecks missing from the cache.
     pub require_cached: bool,
+    /// The most bytes of bottlenecks held mapped; past it they are streamed from disk.
+    pub training_memory: u64,
+    /// retrain.py's distortions of training images.
+    pub distortions: Distortions,
+    /// Distorted copies computed per training image when distortions are on.
+    pub distorted_copies: usize,
     /// Results as JSON on stdout (the text report then goes to stderr).
     pub json: bool,
     /// Exit code 3 when the final test accuracy is below this fraction.

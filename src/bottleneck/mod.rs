@@ -6,6 +6,7 @@
 //! the matrix from the cache and computes what is missing.
 
 pub mod cache;
+pub mod distorted;
 pub mod matrix;
 
 use std::fs;
@@ -18,7 +19,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 pub use cache::Cache;
-pub use matrix::{BottleneckMatrix, MatrixWriter};
+pub use matrix::{BottleneckMatrix, MatrixWriter, DEFAULT_MATRIX_MEMORY};
 
 use crate::backbone::{Backbone, Plan};
 use crate::dataset::ImageEntry;
@@ -26,14 +27,27 @@ use crate::problem::{Problem, Skipped};
 use crate::util::messages::{io_reason, shown};
 use crate::util::progress::Progress;
 
-/// Which images one extraction is responsible for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which images one extraction is responsible for, and how their bottlenecks are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scope {
     /// Only the images whose content hash falls in this shard (`flowers extract --shard`).
     pub shard: Option<Shard>,
     /// Refuse to compute anything: every image must be in the cache already (the final
     /// step of a cluster run, which must not quietly redo a failed shard's work).
     pub require_cached: bool,
+    /// The most bytes of bottleneck values held mapped; a larger matrix is streamed from
+    /// its scratch file (`--training-memory`).
+    pub matrix_memory: u64,
+}
+
+impl Default for Scope {
+    fn default() -> Scope {
+        Scope {
+            shard: None,
+            require_cached: false,
+            matrix_memory: DEFAULT_MATRIX_MEMORY,
+        }
+    }
 }
 
 /// Shard `index` (0-based) of `count`: the images whose sha256, read as a little-endian
@@ -94,6 +108,8 @@ pub struct ExtractionReport {
 pub struct Bottlenecks {
     pub matrix: BottleneckMatrix,
     pub present: Vec<bool>,
+    /// The content hash of each image that could be read (the cache key).
+    pub sha256: Vec<Option<[u8; 32]>>,
 }
 
 impl Bottlenecks {
@@ -102,8 +118,10 @@ impl Bottlenecks {
     }
 
     /// Image `index`'s bottleneck, if it has one.
-    pub fn get(&self, index: usize) -> Option<&[f32]> {
-        self.present[index].then(|| self.matrix.row(index))
+    pub fn get(&self, index: usize) -> Result<Option<Vec<f32>>> {
+        self.present[index]
+            .then(|| self.matrix.row(index))
+            .transpose()
     }
 }
 
@@ -130,7 +148,7 @@ pub fn extract_scoped(
     let start = Instant::now();
     // Phase 1: hash every image; cached vectors go straight into the matrix, which takes
     // its width from the first one (so a warm run loads no model).
-    let matrix = LazyMatrix::new(cache.dir(), images.len());
+    let matrix = LazyMatrix::new(cache.dir(), images.len(), scope.matrix_memory);
     let mut lookups: Vec<Lookup> = images
         .par_iter()
         .enumerate()
@@ -157,12 +175,18 @@ pub fn extract_scoped(
                 _ => {
                     // No entry, or entries of another width: every vector is computed.
                     lookups = lookups.into_iter().map(Lookup::into_miss).collect();
-                    MatrixWriter::create(cache.dir(), images.len(), plan.output_len)?
+                    MatrixWriter::create(
+                        cache.dir(),
+                        images.len(),
+                        plan.output_len,
+                        scope.matrix_memory,
+                    )?
                 }
             };
             (Some(plan), writer)
         }
     };
+    let sha256 = lookups.iter().map(Lookup::sha).collect();
     // Phase 2: compute what is missing.
     let progress = Progress::new(images.len() as u64, "bottlenecks");
     let results: Vec<Result<Outcome, Problem>> = images
@@ -208,7 +232,14 @@ pub fn extract_scoped(
     }
     report.elapsed = start.elapsed();
     let matrix = writer.finish()?;
-    Ok((Bottlenecks { matrix, present }, report))
+    Ok((
+        Bottlenecks {
+            matrix,
+            present,
+            sha256,
+        },
+        report,
+    ))
 }
 
 enum Lookup {
@@ -227,6 +258,13 @@ enum Outcome {
 }
 
 impl Lookup {
+    fn sha(&self) -> Option<[u8; 32]> {
+        match self {
+            Lookup::Hit(sha) | Lookup::Miss(sha) => Some(*sha),
+            Lookup::Elsewhere | Lookup::Unreadable(_) => None,
+        }
+    }
+
     fn into_miss(self) -> Lookup {
         match self {
             Lookup::Hit(sha) => Lookup::Miss(sha),
@@ -239,14 +277,16 @@ impl Lookup {
 struct LazyMatrix<'a> {
     dir: &'a Path,
     rows: usize,
+    memory: u64,
     cell: OnceLock<Result<MatrixWriter>>,
 }
 
 impl<'a> LazyMatrix<'a> {
-    fn new(dir: &'a Path, rows: usize) -> LazyMatrix<'a> {
+    fn new(dir: &'a Path, rows: usize, memory: u64) -> LazyMatrix<'a> {
         LazyMatrix {
             dir,
             rows,
+            memory,
             cell: OnceLock::new(),
         }
     }
@@ -255,7 +295,7 @@ impl<'a> LazyMatrix<'a> {
     fn store(&self, row: usize, vector: &[f32]) -> bool {
         let created = self
             .cell
-            .get_or_init(|| MatrixWriter::create(self.dir, self.rows, vector.len()));
+            .get_or_init(|| MatrixWriter::create(self.dir, self.rows, vector.len(), self.memory));
         match created {
             Ok(writer) if writer.dim() == vector.len() => {
                 writer.write_row(row, vector);

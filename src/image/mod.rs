@@ -5,6 +5,7 @@
 //! slightly different copy of this code.
 
 mod decode;
+mod distort;
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ use image::RgbImage;
 use tract_onnx::prelude::{tract_ndarray, Tensor};
 
 pub use decode::{decode_rgb, sniff_format, FORMATS, MAX_DECODE_BYTES, MAX_SIDE};
+pub use distort::Distortions;
 
 use crate::problem::Problem;
 use crate::util::panic_guard::catching_panics;

@@ -43,6 +43,8 @@ pub fn run_command(options: &ExtractOptions, out: &mut dyn Write) -> Result<u8> 
     let scope = Scope {
         shard: options.shard,
         require_cached: false,
+        // Extraction keeps no bottleneck for itself: stream, never map.
+        matrix_memory: 0,
     };
     let (_, report) = pool.install(|| extract_scoped(&dataset.images, &backbone, &cache, scope))?;
     let mut skipped = dataset.skipped.clone();

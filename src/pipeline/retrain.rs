@@ -12,10 +12,12 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{accuracy_gate, thread_pool};
 use crate::backbone::Backbone;
+use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
 use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
 use crate::graph::{retrained_graph, write_graph, write_labels};
 use crate::options::RetrainOptions;
+use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
 use crate::report::{format, Report, RetrainSummary};
 use crate::train::{predictions, train, Examples, FinalLayer};
@@ -58,6 +60,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let scope = Scope {
         shard: None,
         require_cached: options.require_cached,
+        matrix_memory: options.training_memory,
     };
     let (bottlenecks, extraction) =
         pool.install(|| extract_scoped(&dataset.images, &backbone, &cache, scope))?;
@@ -69,7 +72,25 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         extraction.elapsed.as_secs_f64(),
         cache.dir().display()
     );
-    let splits = split_examples(&dataset, bottlenecks, options)?;
+    if bottlenecks.matrix.is_streamed() {
+        crate::info!(
+            "Bottlenecks take {} MB, more than --training-memory: streaming them from disk",
+            bottlenecks.matrix.rows() * bottlenecks.dim() * 4 / 1_000_000
+        );
+    }
+    let mut bottlenecks = bottlenecks;
+    let image_sha256 = std::mem::take(&mut bottlenecks.sha256);
+    let mut splits = split_examples(&dataset, bottlenecks, options)?;
+    let training_images = splits[Split::Training as usize].len();
+    let mut distortion_failures = Vec::new();
+    if options.distortions.any() {
+        let plain = &splits[Split::Training as usize];
+        let (distorted, failed) = pool.install(|| {
+            distorted_training(&dataset, &image_sha256, plain, &backbone, &cache, options)
+        })?;
+        splits[Split::Training as usize] = distorted;
+        distortion_failures = failed;
+    }
     let [training, validation, testing] = &splits;
     let training_start = Instant::now();
     let mut snapshot_error = None;
@@ -85,15 +106,19 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
                 snapshot_error = written.err();
             }
         },
-    );
+    )?;
     if let Some(error) = snapshot_error {
         return Err(error);
     }
     let training_seconds = training_start.elapsed().as_secs_f64();
     let tested = test_sample(testing, options);
-    let test_report = tested.as_ref().map(|t| report_on(&layer, t, &dataset));
-    let validation_report =
-        (!validation.is_empty()).then(|| report_on(&layer, validation, &dataset));
+    let test_report = tested
+        .as_ref()
+        .map(|t| report_on(&layer, t, &dataset))
+        .transpose()?;
+    let validation_report = (!validation.is_empty())
+        .then(|| report_on(&layer, validation, &dataset))
+        .transpose()?;
     let graph = retrained_graph(
         &backbone,
         &layer,
@@ -116,6 +141,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         .skipped
         .iter()
         .chain(&extraction.failed)
+        .chain(&distortion_failures)
         .cloned()
         .collect();
     Ok(RetrainSummary {
@@ -124,7 +150,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         skipped,
         bottlenecks_cached: extraction.cached,
         bottlenecks_computed: extraction.computed,
-        training_images: training.len(),
+        training_images,
         validation_images: validation.len(),
         test_images: testing.len(),
         test_images_evaluated: test_report.as_ref().map_or(0, |r| r.n),
@@ -139,6 +165,49 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         training_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The training examples as distorted copies: `--distorted-copies` per training image,
+/// from the cache or computed now, sampled in training where retrain.py distorted afresh.
+fn distorted_training(
+    dataset: &Dataset,
+    image_sha256: &[Option<[u8; 32]>],
+    plain: &Examples,
+    backbone: &Backbone,
+    cache: &Cache,
+    options: &RetrainOptions,
+) -> Result<(Examples, Vec<Skipped>)> {
+    let (images, classes): (Vec<_>, Vec<usize>) = plain
+        .origin
+        .iter()
+        .filter_map(|&i| {
+            let image = &dataset.images[i];
+            Some(((image, image_sha256[i]?), image.class))
+        })
+        .unzip();
+    let spec = PoolSpec {
+        distortions: options.distortions,
+        copies: options.distorted_copies,
+        dim: plain.dim(),
+        matrix_memory: options.training_memory,
+    };
+    let (pool, report) = extract_distorted(&images, backbone, cache, &spec)?;
+    crate::info!(
+        "Distorted bottlenecks ({} per training image): {} cached, {} computed in {:.1}s",
+        spec.copies,
+        report.cached,
+        report.computed,
+        report.elapsed.as_secs_f64()
+    );
+    let (rows, labels): (Vec<usize>, Vec<usize>) = (0..pool.present.len())
+        .filter(|&row| pool.present[row])
+        .map(|row| (row, classes[row / spec.copies]))
+        .unzip();
+    if rows.is_empty() {
+        bail!("no distorted training image could be computed: see the warnings above");
+    }
+    let examples = Examples::new(Arc::new(pool.matrix), rows, labels, dataset.labels.len());
+    Ok((examples, report.failed))
 }
 
 /// retrain.py's intermediate graph: `<dir>/intermediate_<step>.pb` (`.onnx` for ONNX
@@ -259,17 +328,17 @@ fn test_sample(testing: &Examples, options: &RetrainOptions) -> Option<Examples>
 }
 
 /// The classification report of the final layer on a set of examples.
-fn report_on(layer: &FinalLayer, examples: &Examples, dataset: &Dataset) -> Report {
-    let probabilities = layer.probabilities_of(examples);
+fn report_on(layer: &FinalLayer, examples: &Examples, dataset: &Dataset) -> Result<Report> {
+    let probabilities = layer.probabilities_of(examples)?;
     let names: Vec<String> = examples
         .origin
         .iter()
         .map(|&i| dataset.images[i].relative.clone())
         .collect();
-    Report::new(
+    Ok(Report::new(
         &dataset.labels,
         &examples.labels,
         &predictions(&probabilities),
         &names,
-    )
+    ))
 }

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, Axis};
+use anyhow::Result;
+use ndarray::Array2;
 use rand::Rng;
 
 use crate::bottleneck::BottleneckMatrix;
@@ -80,11 +81,11 @@ impl Examples {
 
     /// The features of every example, a bounded number of rows at a time: each item is the
     /// index of its first example and the gathered rows.
-    pub fn feature_chunks(&self) -> impl Iterator<Item = (usize, Array2<f32>)> + '_ {
+    pub fn feature_chunks(&self) -> impl Iterator<Item = Result<(usize, Array2<f32>)>> + '_ {
         (0..self.len()).step_by(EVALUATION_CHUNK).map(|start| {
             let end = (start + EVALUATION_CHUNK).min(self.len());
             let picks: Vec<usize> = (start..end).collect();
-            (start, self.gather(&picks).0)
+            Ok((start, self.gather(&picks)?.0))
         })
     }
 
@@ -102,10 +103,10 @@ impl Examples {
     }
 
     /// Features and labels of the examples `picks`.
-    pub(super) fn gather(&self, picks: &[usize]) -> (Array2<f32>, Vec<usize>) {
+    pub(super) fn gather(&self, picks: &[usize]) -> Result<(Array2<f32>, Vec<usize>)> {
         let rows: Vec<usize> = picks.iter().map(|&e| self.origin[e]).collect();
-        let features = self.matrix.view().select(Axis(0), &rows);
+        let features = self.matrix.gather(&rows)?;
         let labels = picks.iter().map(|&e| self.labels[e]).collect();
-        (features, labels)
+        Ok((features, labels))
     }
 }

@@ -1,6 +1,7 @@
 //! The new final layer, `softmax(bottleneck · weights + biases)`, its SGD step, and the
 //! measures of how well it does.
 
+use anyhow::Result;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rand::Rng;
 
@@ -40,14 +41,15 @@ impl FinalLayer {
     }
 
     /// Class probabilities of every example, one row each, computed a chunk at a time.
-    pub fn probabilities_of(&self, examples: &Examples) -> Array2<f32> {
+    pub fn probabilities_of(&self, examples: &Examples) -> Result<Array2<f32>> {
         let mut all = Array2::zeros((examples.len(), self.biases.len()));
-        for (start, features) in examples.feature_chunks() {
+        for chunk in examples.feature_chunks() {
+            let (start, features) = chunk?;
             let chunk = self.probabilities(features.view());
             all.slice_mut(s![start..start + chunk.nrows(), ..])
                 .assign(&chunk);
         }
-        all
+        Ok(all)
     }
 
     /// One SGD step on a batch: the gradient of the mean cross entropy is

@@ -4,6 +4,7 @@
 mod examples;
 mod final_layer;
 
+use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -53,12 +54,12 @@ pub fn train(
     options: &TrainingOptions,
     mut on_evaluation: impl FnMut(&Evaluation, &FinalLayer),
     mut on_snapshot: impl FnMut(usize, &FinalLayer),
-) -> FinalLayer {
+) -> Result<FinalLayer> {
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
     for step in 0..options.steps {
         let rows = training.sample_rows(options.train_batch_size, &mut rng);
-        let (features, labels) = training.gather(&rows);
+        let (features, labels) = training.gather(&rows)?;
         layer.sgd_step(&features, &labels, options.learning_rate);
         let last = step + 1 == options.steps;
         if last || step % options.eval_step_interval.max(1) == 0 {
@@ -67,7 +68,7 @@ pub fn train(
                 step,
                 train_accuracy: accuracy(&probabilities, &labels),
                 cross_entropy: cross_entropy(&probabilities, &labels),
-                validation: validate(&layer, validation, options, &mut rng),
+                validation: validate(&layer, validation, options, &mut rng)?,
             };
             on_evaluation(&evaluation, &layer);
         }
@@ -78,7 +79,7 @@ pub fn train(
             on_snapshot(step, &layer);
         }
     }
-    layer
+    Ok(layer)
 }
 
 fn validate(
@@ -86,26 +87,26 @@ fn validate(
     validation: &Examples,
     options: &TrainingOptions,
     rng: &mut impl Rng,
-) -> Option<ValidationScore> {
+) -> Result<Option<ValidationScore>> {
     if validation.is_empty() {
-        return None;
+        return Ok(None);
     }
     let (probabilities, labels) = match options.validation_batch_size {
         None => (
-            layer.probabilities_of(validation),
+            layer.probabilities_of(validation)?,
             validation.labels.clone(),
         ),
         Some(size) => {
             let rows = validation.sample_rows(size, rng);
-            let (features, labels) = validation.gather(&rows);
+            let (features, labels) = validation.gather(&rows)?;
             (layer.probabilities(features.view()), labels)
         }
     };
-    Some(ValidationScore {
+    Ok(Some(ValidationScore {
         accuracy: accuracy(&probabilities, &labels),
         cross_entropy: cross_entropy(&probabilities, &labels),
         n: labels.len(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -138,7 +139,7 @@ mod tests {
     /// Examples made of the rows of `features`, in a bottleneck matrix as retrain makes.
     fn examples_of(features: Array2<f32>, labels: Vec<usize>, classes: usize) -> Examples {
         let (rows, dim) = features.dim();
-        let writer = MatrixWriter::create(&std::env::temp_dir(), rows, dim).unwrap();
+        let writer = MatrixWriter::create(&std::env::temp_dir(), rows, dim, 1 << 20).unwrap();
         for (row, values) in features.outer_iter().enumerate() {
             writer.write_row(row, values.as_slice().unwrap());
         }
@@ -171,9 +172,10 @@ mod tests {
             &options(300),
             |e, _| last = Some(e.clone()),
             |step, _| snapshots.push(step),
-        );
+        )
+        .unwrap();
         assert_eq!(snapshots, [100, 200]);
-        let probabilities = layer.probabilities_of(&validation);
+        let probabilities = layer.probabilities_of(&validation).unwrap();
         assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
         let last = last.unwrap();
         assert_eq!(last.step, 299);
@@ -186,8 +188,8 @@ mod tests {
     fn training_is_reproducible_with_a_seed() {
         let training = blobs(20, 3);
         let empty = examples_of(Array2::zeros((0, 8)), vec![], 3);
-        let a = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {});
-        let b = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {});
+        let a = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {}).unwrap();
+        let b = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {}).unwrap();
         assert_eq!(a, b);
     }
 
