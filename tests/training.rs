@@ -58,6 +58,21 @@ fn distorted_copies_are_computed_once_cached_and_extended() {
     let first_graph = std::fs::read(cwd.join("first.onnx")).unwrap();
     assert_eq!(first_graph, std::fs::read(cwd.join("again.onnx")).unwrap());
 
+    // The final step of a cluster run computes nothing, distorted copies included.
+    let mut strict = distort.to_vec();
+    strict.extend(["--distorted-copies", "4", "--require-cached"]);
+    let refused = retrain(cwd, "images", 30, &strict);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(&format!(
+            "{} of {} distorted copies",
+            2 * training,
+            4 * training
+        )),
+        "{}",
+        stderr(&refused)
+    );
+
     // A third copy per image: only those are computed.
     let more = with_copies("3", "more.onnx");
     assert_eq!(distorted_counts(&more), (2 * training, training));

@@ -44,6 +44,8 @@ pub struct PoolSpec {
     pub dim: usize,
     /// As [`super::Scope::matrix_memory`].
     pub matrix_memory: u64,
+    /// As [`super::Scope::require_cached`]: fail rather than compute a missing copy.
+    pub require_cached: bool,
 }
 
 /// The cache key, and the seed, of copy `k` of the image with content hash `image_sha`.
@@ -91,6 +93,14 @@ pub fn extract_distorted(
         })
         .collect();
     let to_compute: usize = missing.iter().map(Vec::len).sum();
+    if spec.require_cached && to_compute > 0 {
+        bail!(
+            "{to_compute} of {} distorted copies have no bottleneck in {}: run this retrain once \
+             without --require-cached to compute them",
+            images.len() * copies,
+            cache.dir().display()
+        );
+    }
     let plan = match to_compute {
         0 => None,
         _ => Some(backbone.extractor()?),

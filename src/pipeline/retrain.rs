@@ -190,6 +190,7 @@ fn distorted_training(
         copies: options.distorted_copies,
         dim: plain.dim(),
         matrix_memory: options.training_memory,
+        require_cached: options.require_cached,
     };
     let (pool, report) = extract_distorted(&images, backbone, cache, &spec)?;
     crate::info!(
