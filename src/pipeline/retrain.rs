@@ -72,26 +72,8 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         extraction.elapsed.as_secs_f64(),
         cache.dir().display()
     );
-    if bottlenecks.matrix.is_streamed() {
-        crate::info!(
-            "Bottlenecks take {} MB, more than --training-memory: streaming them from disk",
-            bottlenecks.matrix.rows() * bottlenecks.dim() * 4 / 1_000_000
-        );
-    }
-    let mut bottlenecks = bottlenecks;
-    let image_sha256 = std::mem::take(&mut bottlenecks.sha256);
-    let mut splits = split_examples(&dataset, bottlenecks, options)?;
-    let training_images = splits[Split::Training as usize].len();
-    let mut distortion_failures = Vec::new();
-    if options.distortions.any() {
-        let plain = &splits[Split::Training as usize];
-        let (distorted, failed) = pool.install(|| {
-            distorted_training(&dataset, &image_sha256, plain, &backbone, &cache, options)
-        })?;
-        splits[Split::Training as usize] = distorted;
-        distortion_failures = failed;
-    }
-    let [training, validation, testing] = &splits;
+    let sets = training_sets(&dataset, bottlenecks, &backbone, &cache, &pool, options)?;
+    let [training, validation, testing] = &sets.splits;
     let training_start = Instant::now();
     let mut snapshot_error = None;
     let layer = train(
@@ -141,7 +123,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         .skipped
         .iter()
         .chain(&extraction.failed)
-        .chain(&distortion_failures)
+        .chain(&sets.distortion_failures)
         .cloned()
         .collect();
     Ok(RetrainSummary {
@@ -150,7 +132,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         skipped,
         bottlenecks_cached: extraction.cached,
         bottlenecks_computed: extraction.computed,
-        training_images,
+        training_images: sets.training_images,
         validation_images: validation.len(),
         test_images: testing.len(),
         test_images_evaluated: test_report.as_ref().map_or(0, |r| r.n),
@@ -164,6 +146,53 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         extraction_seconds: extraction.elapsed.as_secs_f64(),
         training_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The examples of the three splits, as training uses them.
+struct TrainingSets {
+    /// Training, validation and test examples; with distortions on, the training examples
+    /// are the distorted copies.
+    splits: [Examples; 3],
+    /// Training images (not copies).
+    training_images: usize,
+    /// Images whose distorted copies could not be computed.
+    distortion_failures: Vec<Skipped>,
+}
+
+/// Splits the bottlenecks and, with distortions on, puts the training images' distorted
+/// copies in place of their bottlenecks.
+fn training_sets(
+    dataset: &Dataset,
+    mut bottlenecks: Bottlenecks,
+    backbone: &Backbone,
+    cache: &Cache,
+    pool: &rayon::ThreadPool,
+    options: &RetrainOptions,
+) -> Result<TrainingSets> {
+    if bottlenecks.matrix.is_streamed() {
+        crate::info!(
+            "Bottlenecks take {} MB, more than --training-memory: streaming them from disk",
+            bottlenecks.matrix.rows() * bottlenecks.dim() * 4 / 1_000_000
+        );
+    }
+    let image_sha256 = std::mem::take(&mut bottlenecks.sha256);
+    let mut splits = split_examples(dataset, bottlenecks, options)?;
+    let training = Split::Training as usize;
+    let training_images = splits[training].len();
+    let mut distortion_failures = Vec::new();
+    if options.distortions.any() {
+        let plain = &splits[training];
+        let (distorted, failed) = pool.install(|| {
+            distorted_training(dataset, &image_sha256, plain, backbone, cache, options)
+        })?;
+        splits[training] = distorted;
+        distortion_failures = failed;
+    }
+    Ok(TrainingSets {
+        splits,
+        training_images,
+        distortion_failures,
     })
 }
 
