@@ -120,75 +120,53 @@ fn resume_after_cut_body() {
     assert_installed(tmp.path(), &tgz);
 }
 
+/// Installs `tgz` from a server answering as `step`, with `part` left in the model directory
+/// by an earlier run as `<name>.part`; returns the requests the server saw.
+fn install_over_part(tgz: &[u8], part: &[u8], step: Step) -> Vec<common::http::Seen> {
+    let server = Server::start(tgz.to_vec(), vec![], step);
+    let url = server.url(NAME);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join(format!("{NAME}.part")), part).unwrap();
+
+    ensure_archive(&archive(&url, &sha256_hex(tgz), None), tmp.path(), &opts()).unwrap();
+
+    assert_installed(tmp.path(), tgz);
+    server.requests()
+}
+
 #[test]
 fn resume_of_a_part_left_by_an_earlier_run() {
     let tgz = model_tgz("model_v1", 200_000);
-    let server = Server::start(tgz.clone(), vec![], Step::Serve);
-    let url = server.url(NAME);
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join(format!("{NAME}.part")), &tgz[..12_345]).unwrap();
-
-    ensure_archive(&archive(&url, &sha256_hex(&tgz), None), tmp.path(), &opts()).unwrap();
-
-    let seen = server.requests();
+    let seen = install_over_part(&tgz, &tgz[..12_345], Step::Serve);
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].range.as_deref(), Some("bytes=12345-"));
     assert_eq!(seen[0].status, 206);
-    assert_installed(tmp.path(), &tgz);
 }
 
 #[test]
 fn server_ignoring_range_starts_over() {
     let tgz = model_tgz("model_v1", 100_000);
-    let server = Server::start(tgz.clone(), vec![], Step::IgnoreRange);
-    let url = server.url(NAME);
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join(format!("{NAME}.part")), vec![b'x'; 5000]).unwrap();
-
-    ensure_archive(&archive(&url, &sha256_hex(&tgz), None), tmp.path(), &opts()).unwrap();
-
-    let seen = server.requests();
+    let seen = install_over_part(&tgz, &[b'x'; 5000], Step::IgnoreRange);
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].range.as_deref(), Some("bytes=5000-"));
     assert_eq!(seen[0].status, 200);
-    assert_installed(tmp.path(), &tgz);
 }
 
 #[test]
 fn complete_part_answered_416_is_kept() {
     let tgz = model_tgz("model_v1", 100_000);
-    let server = Server::start(tgz.clone(), vec![], Step::Serve);
-    let url = server.url(NAME);
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join(format!("{NAME}.part")), &tgz).unwrap();
-
-    ensure_archive(&archive(&url, &sha256_hex(&tgz), None), tmp.path(), &opts()).unwrap();
-
-    let seen = server.requests();
+    let seen = install_over_part(&tgz, &tgz, Step::Serve);
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].status, 416);
-    assert_installed(tmp.path(), &tgz);
 }
 
 #[test]
 fn oversized_part_answered_416_starts_over() {
     let tgz = model_tgz("model_v1", 100_000);
-    let server = Server::start(tgz.clone(), vec![], Step::Serve);
-    let url = server.url(NAME);
-    let tmp = tempfile::tempdir().unwrap();
-    fs::write(
-        tmp.path().join(format!("{NAME}.part")),
-        vec![0u8; tgz.len() + 10],
-    )
-    .unwrap();
-
-    ensure_archive(&archive(&url, &sha256_hex(&tgz), None), tmp.path(), &opts()).unwrap();
-
-    let seen = server.requests();
+    let seen = install_over_part(&tgz, &vec![0u8; tgz.len() + 10], Step::Serve);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!((seen[0].status, seen[1].status), (416, 200));
     assert_eq!(seen[1].range, None);
-    assert_installed(tmp.path(), &tgz);
 }
 
 #[test]
