@@ -15,7 +15,12 @@
 #   flowers retrain, cold (fresh empty --bottleneck-dir each run) and warm (cache full),
 #   bench/reference_extract.py (Pillow + onnxruntime, features of every image),
 #   flowers label vs bench/label_onnxruntime.py on 1 image and on 100 images (one process each),
-#   cold-retrain peak RSS on a 2-class ~450-image subset vs the whole IMAGE_DIR.
+#   cold-retrain peak RSS on a 2-class ~450-image subset vs the whole IMAGE_DIR,
+#   and per-image inference on ONE thread for each shared backbone found in
+#   $SHARED_MODELS (default ../shared/models): bench/onnxruntime_one_thread.py against
+#   `examples/backbone_speed --flowers-only` (on AVX-512 CPUs also with FLOWERS_KERNELS=avx2,
+#   to show what the 512-bit kernels gain), alternated run by run.
+# The CPU model and its SIMD flags are printed first: quote them with every figure.
 # Wall time is measured around each whole process, peak RSS with /usr/bin/time (%M).
 # The page cache is warmed first (all images read once), so no row measures disk I/O.
 # Measurements of flowers and of the reference are interleaved run by run, so that any
@@ -41,13 +46,19 @@ if [ "${SKIP_BUILD:-0}" = 1 ]; then
     echo "## SKIP_BUILD=1: using the existing $FLOWERS" >&2
 else
     echo "## building (cargo build --release)" >&2
-    cargo build --release >&2 || { echo "build failed; SKIP_BUILD=1 benchmarks the existing binary" >&2; exit 1; }
+    cargo build --release --bin flowers --example backbone_speed >&2 || {
+        echo "build failed; SKIP_BUILD=1 benchmarks the existing binary" >&2; exit 1; }
 fi
+SPEED=$ROOT/target/release/examples/backbone_speed
+SHARED_MODELS=${SHARED_MODELS:-$ROOT/../shared/models}
+echo "## CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1)" >&2
+echo "## SIMD flags: $(grep -m1 -o -w -E 'avx2|fma|avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')" >&2
 
 WORK=$(mktemp -d /tmp/flowers-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 # a private copy, so a concurrent rebuild cannot swap the binary mid-benchmark
 cp "$FLOWERS" "$WORK/flowers"; FLOWERS=$WORK/flowers
+[ -x "$SPEED" ] && cp "$SPEED" "$WORK/backbone_speed" && SPEED=$WORK/backbone_speed
 echo "## flowers binary: sha256 $(sha256sum "$FLOWERS" | cut -c1-16), git $(git describe --always --dirty 2>/dev/null || echo '?')" >&2
 export OMP_NUM_THREADS=$THREADS   # keep numpy/onnxruntime helpers on the same 2 threads
 
@@ -126,6 +137,26 @@ for i in $(seq "$RUNS"); do
         --output-graph "$WORK/g_sub.onnx" --output-labels "$WORK/l_sub.txt" --threads $THREADS
 done
 
+echo "## one thread per backbone: onnxruntime vs flowers' plan, ms per image (medians of 30 each run)" >&2
+ONE_THREAD=$WORK/one_thread.md
+AVX512=$(grep -m1 -q -w avx512f /proc/cpuinfo && echo 1 || echo 0)
+for model in mobilenet_v1_1.0_224 mobilenet_v2_1.0_224 efficientnet_lite0; do
+    onnx=$SHARED_MODELS/$model/$model.onnx
+    [ -f "$onnx" ] && [ -x "$SPEED" ] || { echo "  skipping $model (no $onnx or no backbone_speed)" >&2; continue; }
+    for i in $(seq "$RUNS"); do
+        "$PYTHON" bench/onnxruntime_one_thread.py "$onnx" 30 | grep -o '[0-9.]* ms' | cut -d' ' -f1 >>"$WORK/ort_$model.dat"
+        "$SPEED" 30 --flowers-only --model "$onnx" | grep -o '[0-9.]* ms' | cut -d' ' -f1 >>"$WORK/fl_$model.dat"
+        if [ "$AVX512" = 1 ]; then
+            FLOWERS_KERNELS=avx2 "$SPEED" 30 --flowers-only --model "$onnx" | grep -o '[0-9.]* ms' | cut -d' ' -f1 >>"$WORK/fl2_$model.dat"
+        fi
+        printf '  %-22s run: ort %s ms, flowers %s ms\n' "$model" "$(tail -1 "$WORK/ort_$model.dat")" "$(tail -1 "$WORK/fl_$model.dat")" >&2
+    done
+    ort=$(median "$WORK/ort_$model.dat" 1); fl=$(median "$WORK/fl_$model.dat" 1)
+    avx2=n/a; [ "$AVX512" = 1 ] && avx2=$(median "$WORK/fl2_$model.dat" 1)
+    awk -v m="$model" -v o="$ort" -v f="$fl" -v a="$avx2" 'BEGIN{
+        printf "| %s | %.2f | %.2f | %s | %.2f |\n", m, o, f, a, o/f }' >>"$ONE_THREAD"
+done
+
 T1=$(date +%s.%N); BUSY1=$(busy_jiffies); LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 HZ=$(getconf CLK_TCK)
 
@@ -178,6 +209,14 @@ print(f"Peak RSS growth, flowers cold retrain: {nsub} images (2 classes) {mb(sub
       f"+{mb(cold_r - sub_r):.1f} MiB for +{n - nsub} images "
       f"(~{(cold_r - sub_r) / max(n - nsub, 1):.1f} KiB per image)")
 EOF
+if [ -s "$ONE_THREAD" ]; then
+    echo
+    echo "One thread, ms per image (median of $RUNS runs of 30, alternated; flowers' path: \`FLOWERS_KERNELS\` unset)"
+    echo
+    echo "| backbone | onnxruntime | flowers | flowers, FLOWERS_KERNELS=avx2 | flowers speed / onnxruntime's |"
+    echo "|---|---:|---:|---:|---:|"
+    cat "$ONE_THREAD"
+fi
 awk -v b0="$BUSY0" -v b1="$BUSY1" -v hz="$HZ" -v own="$OWN_CPU" -v t0="$T0" -v t1="$T1" \
     -v l0="$LOAD0" -v l1="$LOAD1" 'BEGIN{
     busy=(b1-b0)/hz; other=busy-own; if (other<0) other=0; wall=t1-t0

@@ -8,8 +8,11 @@
 //! `--model` times another ONNX backbone instead of the embedded one (its bottleneck output
 //! and input layout found as `flowers retrain --model` finds them).
 //!
+//! `--flowers-only` times only flowers' plan, on one thread, as the median of RUNS after 5
+//! warm-up runs: the peer of `bench/onnxruntime_one_thread.py` in `bench/run.sh`.
+//!
 //! `--nodes` also lists the time of every node of flowers' plan taking over 0.05 ms (one
-//! thread, averaged over RUNS): how the stem, the ReLU6 passes and the slow pointwise layers were found.
+//! thread, median of RUNS): how the stem, the ReLU6 passes and the slow pointwise layers were found.
 //!
 //! Environment variables of tract apply, e.g. `TRACT_CPU_ISA=-avx512f` to try its AVX2
 //! matrix kernels instead of the 512-bit ones.
@@ -63,7 +66,7 @@ fn time(plan: &Arc<TypedRunnableModel>, input: &Tensor, threads: usize, runs: us
 
 /// Prints the mean time of each node over `runs` runs on this thread.
 fn node_times(plan: &Arc<TypedRunnableModel>, input: &Tensor, runs: usize) -> TractResult<()> {
-    let mut times = vec![0.0f64; plan.model().nodes().len()];
+    let mut times = vec![vec![]; plan.model().nodes().len()];
     for _ in 0..runs {
         let mut state = SimpleState::new(plan)?;
         state.run_plan_with_eval(
@@ -71,24 +74,35 @@ fn node_times(plan: &Arc<TypedRunnableModel>, input: &Tensor, runs: usize) -> Tr
             |ctx, op_state, node, inputs| {
                 let start = Instant::now();
                 let outputs = eval(ctx, op_state, node, inputs);
-                times[node.id] += start.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+                times[node.id].push(start.elapsed().as_secs_f64() * 1000.0);
                 outputs
             },
         )?;
     }
+    // Medians: this VM's speed drifts, and a mean takes in every hiccup.
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
     for node in plan.model().nodes() {
-        if times[node.id] > 0.05 {
+        if medians[node.id] > 0.05 {
             let shape = &node.outputs[0].fact.shape;
             let name = &node.name[node.name.len().saturating_sub(50)..];
             let op = node.op.name();
-            println!("{:8.3} ms  {op} {shape:?}  {name}", times[node.id]);
+            println!("{:8.3} ms  {op} {shape:?}  {name}", medians[node.id]);
         }
     }
-    println!("{:8.3} ms  in all", times.iter().sum::<f64>());
+    println!(
+        "{:8.3} ms  in all (sum of medians)",
+        medians.iter().sum::<f64>()
+    );
     Ok(())
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn main() -> TractResult<()> {
+    flowers::util::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let nodes = args.iter().any(|a| a == "--nodes");
     let model = args
@@ -106,6 +120,23 @@ fn main() -> TractResult<()> {
         ((index[1] * 7 + index[2] * 3 + index[3]) % 255) as f32 / 128.0 - 1.0
     })
     .into();
+    if args.iter().any(|a| a == "--flowers-only") {
+        // The peer of bench/onnxruntime_one_thread.py: 5 warm-up runs, then the median.
+        let plan = plan(&backbone, true)?;
+        for _ in 0..5 {
+            plan.run(tvec!(input.clone().into()))?;
+        }
+        let times = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                plan.run(tvec!(input.clone().into()))
+                    .map(|_| start.elapsed())
+            })
+            .map(|t| t.map(|t| t.as_secs_f64() * 1000.0))
+            .collect::<TractResult<Vec<f64>>>()?;
+        println!("flowers ops 1 thread: median {:.2} ms", median(times));
+        return Ok(());
+    }
     let mut outputs = vec![];
     for (name, accelerated) in [("tract", false), ("flowers ops", true)] {
         let plan = plan(&backbone, accelerated)?;

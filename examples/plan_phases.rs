@@ -4,8 +4,8 @@
 //!     cargo run --release --example plan_phases [GRAPH.onnx]
 //!
 //! GRAPH defaults to the embedded backbone; pass a retrained graph to see `label`'s start-up.
-//! The binary also tunes glibc's malloc (`keep_freed_memory` in main.rs); this example does
-//! not, so its phases run somewhat slower than the binary's.
+//! The binary also tunes glibc's malloc (`keep_freed_memory` in util/allocator.rs); this
+//! example does not, so its phases run somewhat slower than the binary's.
 use std::time::Instant;
 
 use prost::Message;

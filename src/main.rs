@@ -13,7 +13,7 @@ use flowers::util::messages;
 
 fn main() -> ExitCode {
     flowers::util::panic_guard::install_panic_hook();
-    keep_freed_memory();
+    flowers::util::allocator::keep_freed_memory();
     let cli = Cli::parse();
     messages::set_quiet(cli.quiet);
     let outcome = match cli.into_request() {
@@ -46,17 +46,4 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
-}
-
-/// Makes glibc's malloc reuse freed blocks of up to 32 MiB instead of returning each one to
-/// the kernel: tract copies the backbone's weights and allocates every layer's output
-/// afresh, and with glibc's defaults each of those is a new mapping whose pages fault in one
-/// by one (BENCHMARKS.md has the start-up figures).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
 }

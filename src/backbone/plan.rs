@@ -55,7 +55,7 @@ impl Plan {
     /// Loads `proto` with a fixed batch-1 input shaped by `preprocessing`, output `output`.
     /// An owned `proto` is dropped as soon as tract has its own copy of the weights, so
     /// that the allocator hands that memory to tract's next copies instead of faulting in
-    /// fresh pages (see `keep_freed_memory` in main.rs).
+    /// fresh pages (see `keep_freed_memory` in util/allocator.rs).
     pub fn new(
         proto: Cow<'_, ModelProto>,
         preprocessing: &Preprocessing,

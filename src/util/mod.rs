@@ -1,6 +1,7 @@
 //! Plumbing every layer may use: atomic file writes, messages on stderr, the progress bar,
 //! the one directory walker, and the guard that turns a decoder's panic into an error.
 
+pub mod allocator;
 pub mod atomic;
 pub mod messages;
 pub mod panic_guard;

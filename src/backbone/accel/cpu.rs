@@ -2,9 +2,10 @@
 //!
 //! A kernel compiled with `#[target_feature(enable = "avx2,fma")]` is undefined behaviour
 //! on a CPU without those features, so calling one must be impossible without having
-//! checked. [`Avx2Fma`] is that check made into a value: only [`Avx2Fma::detect`] creates
-//! one, and only on a CPU that has both features, so every safe function that takes one
-//! may call the AVX2 kernels. Portable code runs wherever no token is given.
+//! checked. [`Avx2Fma`] and [`Avx512`] are those checks made into values: only their
+//! `detect` functions create one, and only on a CPU that has the features, so every safe
+//! function that takes one may call the kernels compiled for them. [`Kernels`] is the
+//! choice an op keeps: the best path the CPU has, or the one `FLOWERS_KERNELS` names.
 
 /// Proof that this CPU supports AVX2 and FMA. It cannot be built outside this module
 /// except through [`Avx2Fma::detect`].
@@ -21,5 +22,79 @@ impl Avx2Fma {
             return Some(Avx2Fma { _private: () });
         }
         None
+    }
+}
+
+/// Proof that this CPU supports AVX-512F as well as AVX2 and FMA: the 512-bit kernels
+/// hand their short tails to the AVX2 ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Avx512 {
+    avx2: Avx2Fma,
+}
+
+impl Avx512 {
+    /// The token, if this CPU has AVX-512F, AVX2 and FMA.
+    pub(crate) fn detect() -> Option<Avx512> {
+        let avx2 = Avx2Fma::detect()?;
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            return Some(Avx512 { avx2 });
+        }
+        let _ = avx2;
+        None
+    }
+
+    /// The AVX2 token this one implies.
+    pub(crate) fn avx2(self) -> Avx2Fma {
+        self.avx2
+    }
+}
+
+/// The kernels an op runs, fixed when the plan is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernels {
+    /// Plain Rust: the reference the others are tested against.
+    Portable,
+    /// 256-bit vectors with FMA.
+    Avx2(Avx2Fma),
+    /// 512-bit vectors, for the layers' inner loops.
+    Avx512(Avx512),
+    /// The 512-bit kernels' code with each vector emulated in portable Rust: tests their
+    /// blocking and tails on CPUs without AVX-512.
+    #[cfg(test)]
+    Emulated512,
+}
+
+/// The environment variable that picks a path: `portable` (tract's own plan), `avx2` or
+/// `avx512`. Unset, empty or `auto`, the best path the CPU has is taken; a path the CPU
+/// lacks falls back to the best it has.
+pub(crate) const KERNELS_VARIABLE: &str = "FLOWERS_KERNELS";
+
+impl Kernels {
+    /// The path to take on this CPU: the best it supports, or the one [`KERNELS_VARIABLE`]
+    /// asks for when the CPU has it.
+    pub(crate) fn detect() -> Kernels {
+        let best = Self::best();
+        match std::env::var(KERNELS_VARIABLE).as_deref() {
+            Ok("portable") => Kernels::Portable,
+            Ok("avx2") => Avx2Fma::detect().map_or(best, Kernels::Avx2),
+            _ => best,
+        }
+    }
+
+    fn best() -> Kernels {
+        if let Some(avx512) = Avx512::detect() {
+            return Kernels::Avx512(avx512);
+        }
+        Avx2Fma::detect().map_or(Kernels::Portable, Kernels::Avx2)
+    }
+
+    /// Every path this CPU can run, for the tests that force each one.
+    #[cfg(test)]
+    pub(crate) fn supported() -> Vec<Kernels> {
+        let mut all = vec![Kernels::Portable, Kernels::Emulated512];
+        all.extend(Avx2Fma::detect().map(Kernels::Avx2));
+        all.extend(Avx512::detect().map(Kernels::Avx512));
+        all
     }
 }

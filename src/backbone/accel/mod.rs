@@ -15,6 +15,7 @@
 
 mod cpu;
 mod direct_conv;
+mod lanes;
 mod op;
 mod pointwise;
 
@@ -22,7 +23,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::math::{Max, Min};
 
-use cpu::Avx2Fma;
+use cpu::Kernels;
 use direct_conv::{DirectConv, Geometry};
 use op::Clip;
 use pointwise::PointwiseConv;
@@ -34,19 +35,26 @@ use pointwise::PointwiseConv;
 /// times (its axis-change search deep-copies each constant it tries, and it copies each
 /// 1x1 kernel again into matrix form); BENCHMARKS.md has the plan-build times.
 ///
-/// Only CPUs with AVX2 and FMA get the swap: elsewhere (older x86, ARM, where tract has
-/// its own vector kernels) the portable paths would not beat tract, so the plan is left as is.
+/// Only CPUs with AVX2 and FMA get the swap, with AVX-512 kernels where the CPU has them:
+/// elsewhere (older x86, ARM, where tract has its own vector kernels) the portable paths
+/// would not beat tract, so the plan is left as is. `FLOWERS_KERNELS` (see [`cpu`]) can
+/// ask for tract's plan (`portable`) or for the AVX2 kernels on an AVX-512 CPU (`avx2`).
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
-    let Some(isa) = Avx2Fma::detect() else {
+    apply_kernels(model, Kernels::detect())
+}
+
+/// [`apply`] with the given kernels; `Portable` leaves tract's plan.
+fn apply_kernels(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize> {
+    if kernels == Kernels::Portable {
         return Ok(0);
-    };
+    }
     // Folds constant subgraphs (casts of the biases, say), so the constant inputs show.
     model.prop_consts()?;
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         if let Some(layer) = Layer::of(model, node)? {
-            swap(model, node, layer, isa)?.apply(model)?;
+            swap(model, node, layer, kernels)?.apply(model)?;
             replaced += 1;
         }
     }
@@ -58,7 +66,7 @@ fn swap(
     model: &TypedModel,
     node: &TypedNode,
     layer: Layer,
-    isa: Avx2Fma,
+    kernels: Kernels,
 ) -> TractResult<TypedModelPatch> {
     let unclamped = OutletId::new(node.id, 0);
     let (clip, last) = match fused_clip(model, unclamped)? {
@@ -71,14 +79,18 @@ fn swap(
         Layer::Direct(geometry) => Box::new(DirectConv {
             geometry,
             clip,
-            isa,
+            kernels,
         }),
         Layer::Pointwise(found) => {
             let name = &node.name;
             inputs[1] = patch.add_const(format!("{name}.packed_weights"), found.weights)?;
             inputs[2] = patch.add_const(format!("{name}.packed_bias"), found.bias)?;
             let shape = found.shape;
-            Box::new(PointwiseConv { shape, clip, isa })
+            Box::new(PointwiseConv {
+                shape,
+                clip,
+                kernels,
+            })
         }
     };
     let output = patch.wire_node(&node.name, op, &inputs)?[0];
@@ -150,8 +162,9 @@ fn bounded_by<B: BinMiniOp>(
 mod tests {
     use super::*;
 
-    /// The embedded backbone's plan, with or without flowers' ops.
-    fn backbone_plan(accelerated: bool) -> (usize, std::sync::Arc<TypedRunnableModel>) {
+    /// The embedded backbone's plan, with flowers' ops running `kernels` (tract's own
+    /// plan for `Portable`).
+    fn backbone_plan(kernels: Kernels) -> (usize, std::sync::Arc<TypedRunnableModel>) {
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut &crate::backbone::registry::DEFAULT_MODEL[..])
             .unwrap()
@@ -161,17 +174,15 @@ mod tests {
             .unwrap()
             .into_typed()
             .unwrap();
-        let replaced = if accelerated {
-            apply(&mut model).unwrap()
-        } else {
-            0
-        };
+        let replaced = apply_kernels(&mut model, kernels).unwrap();
         (
             replaced,
             model.into_optimized().unwrap().into_runnable().unwrap(),
         )
     }
 
+    /// Every path this machine can run (AVX2, AVX-512, and the 512-bit kernels with
+    /// emulated lanes) against tract's own plan, on a real photo.
     #[test]
     fn the_backbone_gives_tracts_bottleneck_on_a_real_photo() {
         use crate::backbone::{Backbone, ModelSource, Overrides};
@@ -184,8 +195,8 @@ mod tests {
             .preprocessing
             .tensor_from_bytes(&std::fs::read(photo).unwrap())
             .unwrap();
-        let run = |accelerated| {
-            let (replaced, plan) = backbone_plan(accelerated);
+        let run = |kernels| {
+            let (replaced, plan) = backbone_plan(kernels);
             // Every one of those layers is followed by ReLU6, fused in.
             let fused = plan.model().nodes().iter();
             let fused = fused.filter(|n| {
@@ -205,21 +216,27 @@ mod tests {
                 .collect();
             (replaced, values)
         };
-        let (_, tracts) = run(false);
-        let (replaced, ours) = run(true);
-        // MobileNet v1 has a stem, 13 depthwise and 13 pointwise layers; CPUs without
-        // AVX2 + FMA keep tract's.
-        assert_eq!(replaced, if Avx2Fma::detect().is_some() { 27 } else { 0 });
+        let (none, tracts) = run(Kernels::Portable);
+        assert_eq!(none, 0);
         assert_eq!(tracts.len(), 1024);
-        let largest = tracts
-            .iter()
-            .zip(&ours)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(largest < 1e-4, "bottlenecks differ by {largest}");
         assert!(
             tracts.iter().any(|&v| v > 0.5),
             "a degenerate bottleneck proves nothing"
         );
+        let paths = Kernels::supported();
+        for kernels in paths.into_iter().filter(|&k| k != Kernels::Portable) {
+            let (replaced, ours) = run(kernels);
+            // MobileNet v1 has a stem, 13 depthwise and 13 pointwise layers.
+            assert_eq!(replaced, 27, "{kernels:?}");
+            let largest = tracts
+                .iter()
+                .zip(&ours)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                largest < 1e-4,
+                "{kernels:?}: bottlenecks differ by {largest}"
+            );
+        }
     }
 }

@@ -23,8 +23,10 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86_64_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_avx512;
 
-use super::cpu::Avx2Fma;
+use super::cpu::Kernels;
 use super::op::{eval_f32, Clip};
 
 /// Dense convolutions with at most this many input channels (a network's stem, on RGB) run
@@ -179,6 +181,8 @@ impl Geometry {
 
     /// Copies channel plane `plane` into `scratch`: zero padding around it, columns split by
     /// phase, so phase `p` holds padded columns `p, p + stride_w, p + 2 * stride_w, ...`.
+    /// Only the plane's own values are written: `scratch` must start zeroed, and the padding,
+    /// at the same places for every plane, stays zero from one fill to the next.
     #[inline(always)]
     fn fill_scratch(&self, plane: &[f32], scratch: &mut [f32]) {
         let (rows, width, stride) = (self.rows(), self.phase_width(), self.stride_w);
@@ -195,11 +199,8 @@ impl Geometry {
                 let dst = &mut scratch[(phase * rows + r) * width..][..width];
                 let y = r.wrapping_sub(self.pad_top);
                 if y >= self.height || first == end {
-                    dst.fill(0.0);
                     continue;
                 }
-                dst[..first].fill(0.0);
-                dst[end..].fill(0.0);
                 let src = &plane[y * self.width..][..self.width];
                 let start = first * stride + phase - self.pad_left;
                 gather(&src[start..], &mut dst[first..end], stride);
@@ -216,7 +217,7 @@ fn gather(src: &[f32], dst: &mut [f32], stride: usize) {
         return;
     };
     match stride {
-        1 => dst.copy_from_slice(&src[..dst.len()]),
+        1 => copy_run(&src[..dst.len()], dst),
         2 => {
             let pairs = src[..2 * last].chunks_exact(2);
             for (d, pair) in dst[..last].iter_mut().zip(pairs) {
@@ -232,6 +233,26 @@ fn gather(src: &[f32], dst: &mut [f32], stride: usize) {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short runs of a plane row, in blocks of eight whose
+/// length is known at compile time, the last block overlapping the one before: a few vector
+/// moves inline instead of a call to `memmove` per row.
+#[inline(always)]
+fn copy_run(src: &[f32], dst: &mut [f32]) {
+    const BLOCK: usize = 8;
+    let len = dst.len();
+    assert_eq!(src.len(), len);
+    if len < BLOCK {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+        return;
+    }
+    for (d, s) in dst.chunks_exact_mut(BLOCK).zip(src.chunks_exact(BLOCK)) {
+        d.copy_from_slice(s);
+    }
+    dst[len - BLOCK..].copy_from_slice(&src[len - BLOCK..]);
+}
+
 /// The convolution node: inputs are the data, the OIHW kernel and the bias, as in tract's
 /// own `Conv`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -239,8 +260,8 @@ pub(crate) struct DirectConv {
     pub geometry: Geometry,
     /// The clamp applied as outputs are stored (a fused ReLU6).
     pub clip: Clip,
-    /// The kernels this CPU may run.
-    pub isa: Avx2Fma,
+    /// The kernels this CPU runs.
+    pub kernels: Kernels,
 }
 
 /// What is done to each output besides the taps: `min(max(bias + sum, low), high)`.
@@ -283,7 +304,7 @@ impl EvalOp for DirectConv {
                     kernel,
                     bias,
                     output,
-                    Some(self.isa),
+                    self.kernels,
                 )
             })
         }
@@ -309,8 +330,7 @@ impl TypedOp for DirectConv {
 }
 
 /// Runs the whole layer: `data` is `inputs x H x W`, `kernel` `channels x (1 or inputs) x
-/// KH x KW` (depthwise or dense), `output` `channels x OH x OW`. With `isa`, the AVX2
-/// kernels run; without, portable code computes the same values.
+/// KH x KW` (depthwise or dense), `output` `channels x OH x OW`, computed by `kernels`.
 ///
 /// Sound whatever its arguments: slices of the wrong length and degenerate geometries
 /// panic here, before any kernel runs.
@@ -321,7 +341,7 @@ pub(crate) fn convolve(
     kernel: &[f32],
     bias: &[f32],
     output: &mut [f32],
-    isa: Option<Avx2Fma>,
+    kernels: Kernels,
 ) {
     assert!(g.is_valid(), "degenerate convolution geometry {g:?}");
     let (plane, out_plane) = (g.height * g.width, g.out_h * g.out_w);
@@ -338,30 +358,50 @@ pub(crate) fn convolve(
     let mut scratch = vec![0f32; len * g.planes_per_output()];
     if g.dense {
         for (i, input) in data.chunks_exact(plane).enumerate() {
-            fill(g, input, &mut scratch[i * len..][..len], isa);
+            fill(g, input, &mut scratch[i * len..][..len], kernels);
         }
+        // Every output channel reads all of the scratch, which for a stem on a large image
+        // outgrows L2: taking the channels a band of output rows at a time keeps the rows
+        // they read in cache.
+        let row_step = g.stride_h * g.phase_width();
+        let band = (DENSE_BAND_BYTES / (4 * row_step * g.stride_w * g.inputs)).max(1);
+        for first in (0..g.out_h).step_by(band) {
+            let count = band.min(g.out_h - first);
+            let scratch = &scratch[first * row_step..];
+            for c in 0..g.channels {
+                let taps = &kernel[c * taps..][..taps];
+                let out = &mut output[c * out_plane + first * g.out_w..][..count * g.out_w];
+                rows(g, &offsets, scratch, taps, finish(c), out, kernels);
+            }
+        }
+        return;
     }
     for c in 0..g.channels {
-        if !g.dense {
-            fill(g, &data[c * plane..][..plane], &mut scratch, isa);
-        }
+        fill(g, &data[c * plane..][..plane], &mut scratch, kernels);
         let taps = &kernel[c * taps..][..taps];
         let out = &mut output[c * out_plane..][..out_plane];
-        rows(g, &offsets, &scratch, taps, finish(c), out, isa);
+        rows(g, &offsets, &scratch, taps, finish(c), out, kernels);
     }
 }
+
+/// Bytes of scratch a dense convolution's band of output rows reads (see [`convolve`]): half
+/// of a 32 KiB L1 data cache.
+const DENSE_BAND_BYTES: usize = 16 * 1024;
 
 /// Fills the scratch from one input plane (see [`Geometry::fill_scratch`]).
-fn fill(g: &Geometry, plane: &[f32], scratch: &mut [f32], isa: Option<Avx2Fma>) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = isa {
-        return x86_64_avx2::fill(isa, g, plane, scratch);
+/// The 512-bit path fills with the AVX2 code: the copies are short rows, and what they
+/// cost is memory traffic, not vector width.
+fn fill(g: &Geometry, plane: &[f32], scratch: &mut [f32], kernels: Kernels) {
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2(isa) => x86_64_avx2::fill(isa, g, plane, scratch),
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx512(isa) => x86_64_avx2::fill(isa.avx2(), g, plane, scratch),
+        _ => g.fill_scratch(plane, scratch),
     }
-    let _ = isa;
-    g.fill_scratch(plane, scratch);
 }
 
-/// Computes one output channel from the filled scratch.
+/// Computes one output channel (or a band of its rows) from the filled scratch.
 fn rows(
     g: &Geometry,
     offsets: &[usize],
@@ -369,14 +409,19 @@ fn rows(
     taps: &[f32],
     finish: Finish,
     out: &mut [f32],
-    isa: Option<Avx2Fma>,
+    kernels: Kernels,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = isa {
-        return x86_64_avx2::rows(isa, g, offsets, scratch, taps, finish, out);
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2(isa) => x86_64_avx2::rows(isa, g, offsets, scratch, taps, finish, out),
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx512(isa) => x86_64_avx512::rows(isa, g, offsets, scratch, taps, finish, out),
+        #[cfg(all(test, target_arch = "x86_64"))]
+        Kernels::Emulated512 => {
+            x86_64_avx512::rows_emulated(g, offsets, scratch, taps, finish, out)
+        }
+        _ => portable::rows(g, offsets, scratch, taps, finish, out),
     }
-    let _ = isa;
-    portable::rows(g, offsets, scratch, taps, finish, out);
 }
 
 #[cfg(test)]
@@ -466,6 +511,12 @@ mod tests {
                 channels: 4,
                 ..geometry((9, 17), 3, 1, [1, 1, 1, 1])
             },
+            // A stem large enough to be taken in bands of output rows, the last one short.
+            Geometry {
+                dense: true,
+                channels: 4,
+                ..geometry((97, 95), 3, 2, [0, 0, 1, 1])
+            },
         ];
         for g in cases {
             let data = values(g.inputs * g.height * g.width, 7);
@@ -481,53 +532,19 @@ mod tests {
         }
     }
 
-    /// The fast path (`convolve`) and the portable one against the definition.
+    /// Every path this machine can run (portable, emulated 512-bit, AVX2, AVX-512) against
+    /// the definition.
     fn check(g: &Geometry, (low, high): (f32, f32), data: &[f32], kernel: &[f32], bias: &[f32]) {
         let expected: Vec<f32> = reference(g, data, kernel, bias)
             .into_iter()
             .map(|v| v.max(low).min(high))
             .collect();
-        let mut fast = vec![f32::NAN; expected.len()];
-        convolve(
-            g,
-            (low, high),
-            data,
-            kernel,
-            bias,
-            &mut fast,
-            Avx2Fma::detect(),
-        );
-        let mut portable = vec![f32::NAN; expected.len()];
-        let (len, plane, out_plane) = (g.scratch_len(), g.height * g.width, g.out_h * g.out_w);
-        let mut scratch = vec![0f32; len * g.planes_per_output()];
-        let taps = g.planes_per_output() * g.kernel_h * g.kernel_w;
-        for c in 0..g.channels {
-            for p in 0..g.planes_per_output() {
-                let input = if g.dense { p } else { c };
-                g.fill_scratch(
-                    &data[input * plane..][..plane],
-                    &mut scratch[p * len..][..len],
-                );
+        for kernels in Kernels::supported() {
+            let mut out = vec![f32::NAN; expected.len()];
+            convolve(g, (low, high), data, kernel, bias, &mut out, kernels);
+            for (i, (o, e)) in out.iter().zip(&expected).enumerate() {
+                assert!((o - e).abs() < 1e-5, "{g:?} {kernels:?} [{i}] {o} vs {e}");
             }
-            let finish = Finish {
-                bias: bias[c],
-                low,
-                high,
-            };
-            let (kernel, out) = (
-                &kernel[c * taps..][..taps],
-                &mut portable[c * out_plane..][..out_plane],
-            );
-            portable::rows(g, &g.tap_offsets(), &scratch, kernel, finish, out);
-        }
-        for (i, e) in expected.iter().enumerate() {
-            assert!(
-                (fast[i] - e).abs() < 1e-5,
-                "{g:?} fast [{i}] {} vs {e}",
-                fast[i]
-            );
-            let p = portable[i];
-            assert!((p - e).abs() < 1e-5, "{g:?} portable [{i}] {p} vs {e}");
         }
     }
 }

@@ -59,59 +59,76 @@ unsafe fn rows_avx2(
     out: &mut [f32],
 ) {
     let row_step = g.stride_h * g.phase_width();
-    for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
-        let base = &scratch[oy * row_step..];
+    let reach = offsets.iter().max().copied().unwrap_or(0);
+    let (src, dst, rows) = (scratch.as_ptr(), out.as_mut_ptr(), out.len() / g.out_w);
+    for oy in 0..rows {
+        let (read, written) = (oy * row_step, oy * g.out_w);
+        // A row whose width is not a multiple of 8 ends in a partial vector. Where a whole
+        // vector there still reads inside the scratch and writes inside `out`, it is
+        // computed whole: the lanes past the row land on the next rows' outputs, which are
+        // written after this one, and the masked loads and the buffered store are spared.
+        let whole = read + reach + g.out_w.next_multiple_of(8) <= scratch.len()
+            && written + g.out_w.next_multiple_of(8) <= out.len();
         // SAFETY: the features are enabled on this function; every `offset + i` with
-        // `i < out_w` is inside `base` by this function's contract.
+        // `i < out_w` is inside the scratch by this function's contract, and with `whole`
+        // every `i` below `out_w` rounded up to 8 is inside it and inside `out`, as just
+        // checked.
         unsafe {
+            let (src, dst) = (src.add(read), dst.add(written));
             if taps.len() == 9 {
-                row_fma::<9>(base, offsets, taps, finish, row);
+                row_fma::<9>(src, offsets, taps, finish, dst, g.out_w, whole);
             } else {
-                row_fma::<0>(base, offsets, taps, finish, row);
+                row_fma::<0>(src, offsets, taps, finish, dst, g.out_w, whole);
             }
         }
     }
 }
 
-/// `row[i] = bias + sum_t taps[t] * base[offsets[t] + i]`, sixteen outputs per step,
-/// then eight, then a masked step for the last few. `N` is the tap count when known (0 means read it
-/// from `taps`), so the 3x3 case unrolls.
+/// `dst[i] = bias + sum_t taps[t] * src[offsets[t] + i]` for `i < len`, thirty-two outputs
+/// per step while they last (four accumulators keep both FMA units busy through the
+/// chain of taps), then sixteen, eight, and a last partial vector: whole when `whole`
+/// allows, masked otherwise. `N` is the tap count when known (0 means read it from `taps`),
+/// so the 3x3 case unrolls.
 ///
 /// # Safety
-/// AVX2 and FMA; `offsets[t] + row.len() <= base.len()` for every tap; `taps` and
-/// `offsets` at least `N` long (or equally long when `N` is 0).
+/// AVX2 and FMA; `src + offsets[t] + i` readable and `dst + i` writable for every tap and
+/// every `i < len`, or every `i < len` rounded up to 8 when `whole`; `taps` and `offsets`
+/// at least `N` long (or equally long when `N` is 0).
 #[inline(always)]
 unsafe fn row_fma<const N: usize>(
-    base: &[f32],
+    src: *const f32,
     offsets: &[usize],
     taps: &[f32],
     finish: Finish,
-    row: &mut [f32],
+    dst: *mut f32,
+    len: usize,
+    whole: bool,
 ) {
     let n_taps = if N == 0 { taps.len() } else { N };
-    let (src, dst, len) = (base.as_ptr(), row.as_mut_ptr(), row.len());
-    // SAFETY: by this function's contract, every load below reads `base` at `offsets[t] +
-    // i` for `i < len`, and every store writes `row` below `len`.
+    // SAFETY: by this function's contract, every load below reads `src` at `offsets[t] + i`
+    // within the allowed reach, and every store writes `dst` within it.
     unsafe {
-        let biasv = _mm256_set1_ps(finish.bias);
+        let bias = _mm256_set1_ps(finish.bias);
         let (low, high) = (_mm256_set1_ps(finish.low), _mm256_set1_ps(finish.high));
         let clamp = |a| _mm256_min_ps(_mm256_max_ps(a, low), high);
+        let load = |p| _mm256_loadu_ps(p);
         let mut i = 0;
-        while i + 16 <= len {
-            let (mut a0, mut a1) = (biasv, biasv);
-            for t in 0..n_taps {
-                let k = _mm256_set1_ps(*taps.get_unchecked(t));
-                let p = src.add(*offsets.get_unchecked(t) + i);
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), k, a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), k, a1);
+        while i + 32 <= len {
+            let a = sums::<4>(src, offsets, taps, n_taps, i, bias, load);
+            for (v, a) in a.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i + 8 * v), clamp(a));
             }
-            _mm256_storeu_ps(dst.add(i), clamp(a0));
-            _mm256_storeu_ps(dst.add(i + 8), clamp(a1));
+            i += 32;
+        }
+        if i + 16 <= len {
+            let a = sums::<2>(src, offsets, taps, n_taps, i, bias, load);
+            for (v, a) in a.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i + 8 * v), clamp(a));
+            }
             i += 16;
         }
-        if i + 8 <= len {
-            let load = |p| _mm256_loadu_ps(p);
-            let a = sum8(src, offsets, taps, n_taps, i, biasv, load);
+        while i + 8 <= len || (whole && i < len) {
+            let [a] = sums::<1>(src, offsets, taps, n_taps, i, bias, load);
             _mm256_storeu_ps(dst.add(i), clamp(a));
             i += 8;
         }
@@ -121,7 +138,7 @@ unsafe fn row_fma<const N: usize>(
             let lanes = len - i;
             let mask = _mm256_loadu_si256(MASKS.as_ptr().add(8 - lanes) as *const __m256i);
             let load = |p| _mm256_maskload_ps(p, mask);
-            let a = sum8(src, offsets, taps, n_taps, i, biasv, load);
+            let [a] = sums::<1>(src, offsets, taps, n_taps, i, bias, load);
             let mut buffer = [0f32; 8];
             _mm256_storeu_ps(buffer.as_mut_ptr(), clamp(a));
             std::ptr::copy_nonoverlapping(buffer.as_ptr(), dst.add(i), lanes);
@@ -129,12 +146,13 @@ unsafe fn row_fma<const N: usize>(
     }
 }
 
-/// `bias + sum_t taps[t] * load(src + offsets[t] + i)`: eight outputs from column `i`.
+/// `bias + sum_t taps[t] * load(src + offsets[t] + i + 8v)` for `v < V`: `8V` outputs from
+/// column `i`, in `V` independent accumulators.
 ///
 /// # Safety
 /// As [`row_fma`]: `load` is given only addresses inside the row's source.
 #[inline(always)]
-unsafe fn sum8(
+unsafe fn sums<const V: usize>(
     src: *const f32,
     offsets: &[usize],
     taps: &[f32],
@@ -142,13 +160,16 @@ unsafe fn sum8(
     i: usize,
     bias: __m256,
     load: impl Fn(*const f32) -> __m256,
-) -> __m256 {
-    let mut a = bias;
+) -> [__m256; V] {
+    let mut a = [bias; V];
     for t in 0..n_taps {
         // SAFETY: `t < n_taps`, within `taps` and `offsets` by the caller's contract.
         unsafe {
             let k = _mm256_set1_ps(*taps.get_unchecked(t));
-            a = _mm256_fmadd_ps(load(src.add(*offsets.get_unchecked(t) + i)), k, a);
+            let p = src.add(*offsets.get_unchecked(t) + i);
+            for (v, a) in a.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(load(p.add(8 * v)), k, *a);
+            }
         }
     }
     a

@@ -22,8 +22,10 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86_64_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_avx512;
 
-use super::cpu::Avx2Fma;
+use super::cpu::Kernels;
 use super::op::{eval_f32, Clip};
 
 /// How a layer's outputs are laid over the kernel's registers.
@@ -219,8 +221,8 @@ pub(crate) struct PointwiseConv {
     pub shape: Pointwise,
     /// The clamp applied as outputs are stored (a fused ReLU6).
     pub clip: Clip,
-    /// The kernels this CPU may run.
-    pub isa: Avx2Fma,
+    /// The kernels this CPU runs.
+    pub kernels: Kernels,
 }
 
 impl Op for PointwiseConv {
@@ -257,7 +259,7 @@ impl EvalOp for PointwiseConv {
                         weights,
                         bias,
                         output,
-                        Some(self.isa),
+                        self.kernels,
                     )
                 },
             )
@@ -284,9 +286,8 @@ impl TypedOp for PointwiseConv {
 }
 
 /// Runs the whole layer: `data` is `inputs x pixels`, `weights` and `bias` as
-/// [`pack_weights`] lays them out, `output` `outputs x pixels`. With `isa`, the AVX2 + FMA
-/// kernels run; without, portable code computes the same tiles. Slices of the wrong
-/// length panic here, before any kernel runs.
+/// [`pack_weights`] lays them out, `output` `outputs x pixels`, computed by `kernels`.
+/// Slices of the wrong length panic here, before any kernel runs.
 pub(crate) fn convolve(
     shape: &Pointwise,
     clip: (f32, f32),
@@ -294,7 +295,7 @@ pub(crate) fn convolve(
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
-    isa: Option<Avx2Fma>,
+    kernels: Kernels,
 ) {
     let (inputs, pixels, band) = (shape.inputs, shape.pixels(), shape.band());
     assert!(data.len() == inputs * pixels && output.len() == shape.outputs * pixels);
@@ -307,8 +308,8 @@ pub(crate) fn convolve(
         first: b * band,
     });
     match shape.orientation() {
-        Orientation::PixelLanes => pixel_lanes(shape, data, bands, output, isa),
-        Orientation::ChannelLanes => channel_lanes(shape, data, bands, output, isa),
+        Orientation::PixelLanes => pixel_lanes(shape, data, bands, output, kernels),
+        Orientation::ChannelLanes => channel_lanes(shape, data, bands, output, kernels),
     }
 }
 
@@ -328,7 +329,7 @@ fn pixel_lanes<'a>(
     data: &[f32],
     bands: impl Iterator<Item = Band<'a>> + Clone,
     output: &mut [f32],
-    isa: Option<Avx2Fma>,
+    kernels: Kernels,
 ) {
     let (inputs, pixels, chunk) = (shape.inputs, shape.pixels(), shape.chunk_pixels());
     let mut panels = vec![0f32; inputs * chunk];
@@ -337,10 +338,11 @@ fn pixel_lanes<'a>(
         pack_wide_panels(data, pixels, inputs, start, count, &mut panels);
         for band in bands.clone() {
             let out = &mut output[band.first * pixels + start..];
-            for (p, first) in (0..count).step_by(WIDE).enumerate() {
-                let width = WIDE.min(count - first);
-                let panel = &panels[p * inputs * WIDE..];
-                band.pixel_tile(panel, width, &mut out[first..], pixels, isa);
+            let mut first = 0;
+            while first < count {
+                let panels = &panels[first / WIDE * inputs * WIDE..];
+                let out = &mut out[first..];
+                first += band.pixel_tile(panels, count - first, out, pixels, kernels);
             }
         }
     }
@@ -352,7 +354,7 @@ fn channel_lanes<'a>(
     data: &[f32],
     bands: impl Iterator<Item = Band<'a>>,
     output: &mut [f32],
-    isa: Option<Avx2Fma>,
+    kernels: Kernels,
 ) {
     let (inputs, pixels) = (shape.inputs, shape.pixels());
     let mut panels = vec![0f32; pixels.div_ceil(NARROW) * inputs * NARROW];
@@ -364,9 +366,11 @@ fn channel_lanes<'a>(
     }
     for band in bands {
         let out = &mut output[band.first * pixels..];
-        for (p, panel) in panels.chunks_exact(inputs * NARROW).enumerate() {
-            let width = NARROW.min(pixels - p * NARROW);
-            band.channel_tile(panel, width, &mut out[p * NARROW..], pixels, isa);
+        let mut first = 0;
+        while first < pixels {
+            let panels = &panels[first / NARROW * inputs * NARROW..];
+            let out = &mut out[first..];
+            first += band.channel_tile(panels, pixels - first, out, pixels, kernels);
         }
     }
 }
@@ -419,41 +423,77 @@ impl Band<'_> {
         self.weights.len() / self.bias.len()
     }
 
-    /// Writes `channels x width` outputs to `out` (channels `stride` apart) from one
-    /// [`WIDE`] panel: a tile of 6 channels x 16 (or 8) pixels.
+    /// Writes the outputs of the next pixels of `remaining` to `out` (channels `stride`
+    /// apart) from the panels starting at `panels`, and returns how many pixels that was:
+    /// two full [`WIDE`] panels (a 6 x 32 tile) with the 512-bit kernels while they last,
+    /// else one panel (6 x 16, or 6 x 8 for a last panel of at most 8 pixels).
     fn pixel_tile(
         &self,
-        panel: &[f32],
-        width: usize,
+        panels: &[f32],
+        remaining: usize,
         out: &mut [f32],
         stride: usize,
-        isa: Option<Avx2Fma>,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(isa) = isa {
-            return x86_64_avx2::pixel_tile(isa, self, panel, width, out, stride);
+        kernels: Kernels,
+    ) -> usize {
+        let width = WIDE.min(remaining);
+        match kernels {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512(isa) if remaining >= 2 * WIDE => {
+                x86_64_avx512::pixel_pair(isa, self, panels, out, stride);
+                return 2 * WIDE;
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512(isa) => {
+                x86_64_avx2::pixel_tile(isa.avx2(), self, panels, width, out, stride)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2(isa) => x86_64_avx2::pixel_tile(isa, self, panels, width, out, stride),
+            #[cfg(all(test, target_arch = "x86_64"))]
+            Kernels::Emulated512 if remaining >= 2 * WIDE => {
+                x86_64_avx512::emulated::pixel_pair(self, panels, out, stride);
+                return 2 * WIDE;
+            }
+            _ => {
+                let lanes = wide_panel_stride(width);
+                portable::tile(self, |i, c| panels[i * lanes + c], width, out, stride);
+            }
         }
-        let _ = isa;
-        let lanes = wide_panel_stride(width);
-        portable::tile(self, |i, c| panel[i * lanes + c], width, out, stride);
+        width
     }
 
-    /// Writes `channels x width` outputs to `out` (channels `stride` apart) from one
-    /// [`NARROW`] panel: a tile of 16 channels x 6 pixels.
+    /// Writes the outputs of the next pixels of `remaining` to `out` (channels `stride`
+    /// apart) from the [`NARROW`] panels starting at `panels`, and returns how many pixels
+    /// that was: two panels (a 16 x 12 tile) with the 512-bit kernels while they last,
+    /// else one (16 x 6).
     fn channel_tile(
         &self,
-        panel: &[f32],
-        width: usize,
+        panels: &[f32],
+        remaining: usize,
         out: &mut [f32],
         stride: usize,
-        isa: Option<Avx2Fma>,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(isa) = isa {
-            return x86_64_avx2::channel_tile(isa, self, panel, width, out, stride);
+        kernels: Kernels,
+    ) -> usize {
+        let width = NARROW.min(remaining);
+        match kernels {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512(isa) if remaining >= 2 * NARROW => {
+                x86_64_avx512::channel_pair(isa, self, panels, out, stride);
+                return 2 * NARROW;
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512(isa) => {
+                x86_64_avx2::channel_tile(isa.avx2(), self, panels, width, out, stride)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2(isa) => x86_64_avx2::channel_tile(isa, self, panels, width, out, stride),
+            #[cfg(all(test, target_arch = "x86_64"))]
+            Kernels::Emulated512 if remaining >= 2 * NARROW => {
+                x86_64_avx512::emulated::channel_pair(self, panels, out, stride);
+                return 2 * NARROW;
+            }
+            _ => portable::tile(self, |i, c| panels[i * NARROW + c], width, out, stride),
         }
-        let _ = isa;
-        portable::tile(self, |i, c| panel[i * NARROW + c], width, out, stride);
+        width
     }
 }
 
@@ -517,16 +557,15 @@ mod tests {
             pack_weights(&s, &kernel, &bias, &mut weights, &mut padded);
             let expected = reference(&s, &data, &kernel, &bias);
             for (low, high) in [(f32::NEG_INFINITY, f32::INFINITY), (-0.5, 0.5)] {
-                for isa in [Avx2Fma::detect(), None] {
-                    let fast = isa.is_some();
+                for kernels in Kernels::supported() {
                     let mut out = vec![f32::NAN; expected.len()];
-                    convolve(&s, (low, high), &data, &weights, &padded, &mut out, isa);
+                    convolve(&s, (low, high), &data, &weights, &padded, &mut out, kernels);
                     let tolerance = 1e-5 * inputs as f32;
                     for (i, e) in expected.iter().map(|e| e.max(low).min(high)).enumerate() {
                         let o = out[i];
                         assert!(
                             (o - e).abs() < tolerance,
-                            "{s:?} fast {fast} [{i}] {o} vs {e}"
+                            "{s:?} {kernels:?} [{i}] {o} vs {e}"
                         );
                     }
                 }
