@@ -171,6 +171,18 @@ impl Geometry {
         offsets
     }
 
+    /// Panics unless every tap of every output row of `out` reads inside `scratch`, one
+    /// tap per offset, and `out` holds whole rows: the bounds the vector kernels read and
+    /// write by without checks.
+    fn check_rows(&self, offsets: &[usize], scratch: &[f32], taps: &[f32], out: &[f32]) {
+        let whole_rows = self.out_w >= 1 && out.len().is_multiple_of(self.out_w);
+        assert!(whole_rows && taps.len() == offsets.len());
+        let row_step = self.stride_h * self.phase_width();
+        let last_row = (out.len() / self.out_w).saturating_sub(1) * row_step;
+        let end = last_row + self.out_w;
+        assert!(offsets.iter().all(|&o| end + o <= scratch.len()));
+    }
+
     fn output_shape(&self) -> Vec<usize> {
         let mut shape = vec![self.channels, self.out_h, self.out_w];
         if self.batched {

@@ -35,14 +35,9 @@ pub(super) fn rows(
     finish: Finish,
     out: &mut [f32],
 ) {
-    assert!(g.out_w >= 1 && out.len().is_multiple_of(g.out_w) && taps.len() == offsets.len());
-    let row_step = g.stride_h * g.phase_width();
-    let last_row = (out.len() / g.out_w).saturating_sub(1) * row_step;
-    assert!(offsets
-        .iter()
-        .all(|&o| last_row + o + g.out_w <= scratch.len()));
+    g.check_rows(offsets, scratch, taps, out);
     // SAFETY: the token exists only on CPUs with AVX2 and FMA; the reads are in bounds by
-    // the asserts above (see `rows_avx2`).
+    // `check_rows` (see `rows_avx2`).
     unsafe { rows_avx2(g, offsets, scratch, taps, finish, out) }
 }
 

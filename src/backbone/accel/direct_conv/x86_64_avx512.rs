@@ -19,9 +19,9 @@ pub(super) fn rows(
     finish: Finish,
     out: &mut [f32],
 ) {
-    check(g, offsets, scratch, taps, out);
+    g.check_rows(offsets, scratch, taps, out);
     // SAFETY: the token exists only on CPUs with AVX-512F; the reads are in bounds by
-    // `check` (see `rows_x16`).
+    // `check_rows` (see `rows_x16`).
     unsafe { rows_avx512(g, offsets, scratch, taps, finish, out) }
 }
 
@@ -36,23 +36,13 @@ pub(super) fn rows_emulated(
     out: &mut [f32],
 ) {
     use crate::backbone::accel::lanes::Emulated;
-    check(g, offsets, scratch, taps, out);
-    // SAFETY: emulated lanes need no CPU feature; the reads are in bounds by `check`.
+    g.check_rows(offsets, scratch, taps, out);
+    // SAFETY: emulated lanes need no CPU feature; the reads are in bounds by `check_rows`.
     unsafe { rows_x16::<Emulated>(g, offsets, scratch, taps, finish, out) }
 }
 
-/// The bounds [`rows_x16`] relies on.
-fn check(g: &Geometry, offsets: &[usize], scratch: &[f32], taps: &[f32], out: &[f32]) {
-    assert!(g.out_w >= 1 && out.len().is_multiple_of(g.out_w) && taps.len() == offsets.len());
-    let row_step = g.stride_h * g.phase_width();
-    let last_row = (out.len() / g.out_w).saturating_sub(1) * row_step;
-    assert!(offsets
-        .iter()
-        .all(|&o| last_row + o + g.out_w <= scratch.len()));
-}
-
 /// # Safety
-/// The CPU must support AVX-512F; the bounds of [`check`] hold.
+/// The CPU must support AVX-512F; the bounds of `Geometry::check_rows` hold.
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn rows_avx512(
     g: &Geometry,
