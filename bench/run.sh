@@ -51,8 +51,9 @@ else
 fi
 SPEED=$ROOT/target/release/examples/backbone_speed
 SHARED_MODELS=${SHARED_MODELS:-$ROOT/../shared/models}
-echo "## CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1)" >&2
-echo "## SIMD flags: $(grep -m1 -o -w -E 'avx2|fma|avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')" >&2
+CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+SIMD_FLAGS=$(grep -m1 -o -w -E 'avx2|fma|avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')
+echo "## CPU: $CPU_MODEL; SIMD flags: $SIMD_FLAGS" >&2
 
 WORK=$(mktemp -d /tmp/flowers-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -161,6 +162,8 @@ T1=$(date +%s.%N); BUSY1=$(busy_jiffies); LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 HZ=$(getconf CLK_TCK)
 
 # ---- report ----
+echo "CPU: $CPU_MODEL ($(nproc) cores); SIMD flags: $SIMD_FLAGS"
+echo
 m() { median "$WORK/$1.dat" "$2"; }
 "$PYTHON" - "$NIMAGES" "$NSUB" "$RUNS" "$NCLASSES" \
     "$(m cold 1)" "$(m cold 2)" "$(median "$WORK/cold_extract.dat" 1)" \
