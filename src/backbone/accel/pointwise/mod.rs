@@ -12,7 +12,9 @@
 //! registers, adds `inputs` rank-one updates with FMA, then the bias and the clamp (a fused
 //! ReLU6), and stores the tile once. `W` is packed when the plan is built, in bands of
 //! output channels, inputs-major; `X` is packed per call, in panels of pixels. Which way the
-//! tile lies depends on the image ([`Orientation`]).
+//! tile lies depends on the image ([`Orientation`]). On AVX-512F CPUs the 512-bit tiles take
+//! two panels at a time in twelve 512-bit registers (`x86_64_avx512.rs`), over the same
+//! packed layouts.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
