@@ -14,6 +14,8 @@ import numpy as np, onnx, onnxruntime as ort
 from onnx import shape_inference, helper
 from PIL import Image, ImageOps
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..'))
+from reference_extract import preprocess  # the same preprocessing as the benchmark's peer
 IMG = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, '../../../shared/data/flower_photos')
 MODEL = sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, '../../models/mobilenet_v1_1.0_224/mobilenet_v1_1.0_224.onnx')
 T28, T14, T7 = 'Relu6__25:0', 'Relu6__49:0', 'Relu6__57:0'
@@ -39,11 +41,7 @@ feat = np.empty((N, 2, 1024), np.float32); g28 = np.empty((N, 2, 256), np.float3
 g14 = np.empty((N, 2, 512), np.float32); mx7 = np.empty((N, 2, 1024), np.float32)
 t0 = time.time(); tinf = 0.0
 for i, p in enumerate(paths):
-    img = ImageOps.exif_transpose(Image.open(p)).convert('RGB')
-    side = min(img.size) * 0.875
-    left, top = (img.width - side) / 2, (img.height - side) / 2
-    img = img.resize((224, 224), Image.BILINEAR, box=(left, top, left + side, top + side))
-    x = ((np.asarray(img, np.float32) - 128.0) / 128.0).transpose(2, 0, 1)[None]
+    x = preprocess(p)
     x = np.concatenate([x, x[..., ::-1]], 0).copy()  # original + left-right mirror
     t1 = time.time()
     f, a28, a14, a7 = sess.run(['features', T28, T14, T7], {'input': x})
