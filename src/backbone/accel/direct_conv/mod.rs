@@ -13,7 +13,9 @@
 //! How: each input plane is copied once into a zero-padded scratch split into `stride`
 //! column phases, so every tap of every output row reads one contiguous run. An output row
 //! is then `clamp(bias + sum(tap * run))`, computed eight outputs at a time with AVX2 and
-//! FMA, or sixteen with AVX-512F. Results match tract's to float rounding.
+//! FMA, or sixteen with AVX-512F. Depthwise layers on small planes (28 wide or less) are
+//! instead taken eight channels at a time, lanes along channels (`x86_64_blocked.rs`), so
+//! short rows waste no lanes. Results match tract's to float rounding.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -25,6 +27,8 @@ mod portable;
 mod x86_64_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_64_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_blocked;
 
 use super::cpu::Kernels;
 use super::op::{eval_f32, Clip};
@@ -360,6 +364,11 @@ pub(crate) fn convolve(
     let taps = g.planes_per_output() * g.kernel_h * g.kernel_w;
     assert!(data.len() == g.inputs * plane && kernel.len() == g.channels * taps);
     assert!(bias.len() == g.channels && output.len() == g.channels * out_plane);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(isa) = channel_blocked(g, kernels) {
+        x86_64_blocked::depthwise(isa, g, (low, high), data, kernel, bias, output);
+        return;
+    }
     let offsets = g.tap_offsets();
     let finish = |c: usize| Finish {
         bias: bias[c],
@@ -393,6 +402,26 @@ pub(crate) fn convolve(
         let taps = &kernel[c * taps..][..taps];
         let out = &mut output[c * out_plane..][..out_plane];
         rows(g, &offsets, &scratch, taps, finish(c), out, kernels);
+    }
+}
+
+/// Depthwise layers whose output rows are at most this wide are taken eight channels at a
+/// time (`x86_64_blocked.rs`); on wider planes the row kernels were measured as fast or
+/// faster (BENCHMARKS.md).
+const CHANNEL_BLOCKED_MAX_WIDTH: usize = 28;
+
+/// The AVX2 token, if this depthwise layer is taken eight channels at a time. The AVX-512
+/// path takes the same AVX2 code: its 16-lane rows would waste even more of each vector
+/// on these planes.
+#[cfg(target_arch = "x86_64")]
+fn channel_blocked(g: &Geometry, kernels: Kernels) -> Option<super::cpu::Avx2Fma> {
+    if g.dense || g.out_w > CHANNEL_BLOCKED_MAX_WIDTH {
+        return None;
+    }
+    match kernels {
+        Kernels::Avx2(isa) => Some(isa),
+        Kernels::Avx512(isa) => Some(isa.avx2()),
+        _ => None,
     }
 }
 
@@ -511,6 +540,28 @@ mod tests {
             geometry((20, 23), 5, 2, [1, 2, 2, 1]),
             geometry((6, 6), 3, 3, [0, 0, 0, 0]),
             geometry((1, 1), 3, 1, [1, 1, 1, 1]),
+            // Channel-blocked depthwise: whole blocks of eight, a partial last block, rows
+            // shorter and longer than a block of pixels, 5x5 and stride 2.
+            Geometry {
+                inputs: 16,
+                channels: 16,
+                ..geometry((7, 7), 3, 1, [1, 1, 1, 1])
+            },
+            Geometry {
+                inputs: 19,
+                channels: 19,
+                ..geometry((14, 14), 3, 2, [0, 0, 1, 1])
+            },
+            Geometry {
+                inputs: 11,
+                channels: 11,
+                ..geometry((13, 10), 5, 1, [2, 2, 2, 2])
+            },
+            Geometry {
+                inputs: 8,
+                channels: 8,
+                ..geometry((23, 21), 5, 2, [1, 2, 2, 1])
+            },
             // Dense, as MobileNet's stem: 3 inputs, more outputs.
             Geometry {
                 dense: true,
