@@ -6,6 +6,9 @@ current directory. Step 2 is evalcv.py, step 3 paired.py (BENCHMARKS.md has the 
 
     cd WORKDIR && python bench/feature_layers/extract.py [PHOTOS] [MODEL]
 
+Stop 12 added input_size.py, sgd_cv.py and hidden_layer.py (the same features scored with
+flowers' SGD layer, larger inputs, a hidden layer).
+
 Preprocessing as bench/reference_extract.py (centre crop 0.875, bilinear, (x-128)/128).
 Needs numpy, onnx, onnxruntime, Pillow; evalcv.py also scikit-learn.
 """
