@@ -202,6 +202,10 @@ impl Geometry {
     #[inline(always)]
     fn fill_scratch(&self, plane: &[f32], scratch: &mut [f32]) {
         let (rows, width, stride) = (self.rows(), self.phase_width(), self.stride_w);
+        if stride == 2 {
+            self.fill_scratch_pairs(plane, scratch);
+            return;
+        }
         for phase in 0..stride {
             // Phase columns j whose source column j * stride + phase - pad_left is inside.
             let first = (self.pad_left.saturating_sub(phase))
@@ -223,6 +227,53 @@ impl Geometry {
             }
         }
     }
+}
+
+impl Geometry {
+    /// [`Geometry::fill_scratch`] for stride 2: each input row is read once and split into
+    /// both phases, a pair of columns at a time, instead of once per phase.
+    #[inline(always)]
+    fn fill_scratch_pairs(&self, plane: &[f32], scratch: &mut [f32]) {
+        let (rows, width) = (self.rows(), self.phase_width());
+        let (phase0, phase1) = scratch[..2 * rows * width].split_at_mut(rows * width);
+        // Input columns some output reads: padded column x + pad_left below 2 * width.
+        let end = self.width.min((2 * width).saturating_sub(self.pad_left));
+        for r in 0..rows {
+            let y = r.wrapping_sub(self.pad_top);
+            if y >= self.height {
+                continue;
+            }
+            let src = &plane[y * self.width..][..self.width];
+            let (even, odd) = (
+                &mut phase0[r * width..][..width],
+                &mut phase1[r * width..][..width],
+            );
+            // A first column landing in phase 1 goes alone; then pairs (phase 0, phase 1).
+            let mut x = 0;
+            if !self.pad_left.is_multiple_of(2) && end > 0 {
+                put_column(even, odd, self.pad_left, src[0]);
+                x = 1;
+            }
+            let pairs = end.saturating_sub(x) / 2;
+            let j = (x + self.pad_left) / 2;
+            let targets = even[j..j + pairs].iter_mut().zip(&mut odd[j..j + pairs]);
+            for ((e, o), pair) in targets.zip(src[x..x + 2 * pairs].chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            let rest = x + 2 * pairs;
+            for (x, &value) in src[..end].iter().enumerate().skip(rest) {
+                put_column(even, odd, x + self.pad_left, value);
+            }
+        }
+    }
+}
+
+/// Puts the value of padded column `padded` into its phase row (stride 2).
+#[inline(always)]
+fn put_column(even: &mut [f32], odd: &mut [f32], padded: usize, value: f32) {
+    let phase = if padded.is_multiple_of(2) { even } else { odd };
+    phase[padded / 2] = value;
 }
 
 /// `dst[j] = src[j * stride]` for every `j` of `dst`, with the common strides spelled out so

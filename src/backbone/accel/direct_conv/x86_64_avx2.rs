@@ -115,6 +115,15 @@ unsafe fn row_fma<const N: usize>(
             }
             i += 32;
         }
+        if whole && i + 16 < len {
+            // Up to 24 outputs left: one step of three independent accumulators rather
+            // than a step of two and a step of one, each waiting on its chain of taps.
+            let a = sums::<3>(src, offsets, taps, n_taps, i, bias, load);
+            for (v, a) in a.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i + 8 * v), clamp(a));
+            }
+            i = len;
+        }
         if i + 16 <= len {
             let a = sums::<2>(src, offsets, taps, n_taps, i, bias, load);
             for (v, a) in a.into_iter().enumerate() {
