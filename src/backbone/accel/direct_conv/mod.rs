@@ -440,10 +440,32 @@ pub(crate) fn convolve(
         for first in (0..g.out_h).step_by(band) {
             let count = band.min(g.out_h - first);
             let scratch = &scratch[first * row_step..];
-            for c in 0..g.channels {
-                let taps = &kernel[c * taps..][..taps];
-                let out = &mut output[c * out_plane + first * g.out_w..][..count * g.out_w];
-                rows(g, &offsets, scratch, taps, finish(c), out, kernels);
+            let mut c = 0;
+            while c < g.channels {
+                let len = count * g.out_w;
+                let at = |c: usize| c * out_plane + first * g.out_w;
+                #[cfg(target_arch = "x86_64")]
+                if let (Kernels::Avx2(isa), true) = (kernels, c + 1 < g.channels) {
+                    // Two output channels share every load of the input rows.
+                    let (head, tail) = output.split_at_mut(at(c + 1));
+                    let pair = [&mut head[at(c)..][..len], &mut tail[..len]];
+                    let taps = [c, c + 1].map(|c| &kernel[c * taps..][..taps]);
+                    let finish = [finish(c), finish(c + 1)];
+                    x86_64_avx2::rows_pair(isa, g, &offsets, scratch, taps, finish, pair);
+                    c += 2;
+                    continue;
+                }
+                let out = &mut output[at(c)..][..len];
+                rows(
+                    g,
+                    &offsets,
+                    scratch,
+                    &kernel[c * taps..][..taps],
+                    finish(c),
+                    out,
+                    kernels,
+                );
+                c += 1;
             }
         }
         return;

@@ -41,6 +41,88 @@ pub(super) fn rows(
     unsafe { rows_avx2(g, offsets, scratch, taps, finish, out) }
 }
 
+/// Two output channels of a dense layer (a stem) over the same rows of the scratch: each
+/// input vector loaded once feeds both channels, so eight accumulators (two channels x 32
+/// outputs) are in flight instead of four, enough to keep both FMA units busy through the
+/// 27-tap chains; the rest of each row goes to [`row_fma`], one channel at a time.
+///
+/// Panics unless each channel's taps and rows pass [`Geometry::check_rows`] and both
+/// outputs are the same length.
+pub(super) fn rows_pair(
+    _isa: Avx2Fma,
+    g: &Geometry,
+    offsets: &[usize],
+    scratch: &[f32],
+    taps: [&[f32]; 2],
+    finish: [Finish; 2],
+    out: [&mut [f32]; 2],
+) {
+    assert_eq!(out[0].len(), out[1].len());
+    for (taps, out) in taps.iter().zip(&out) {
+        g.check_rows(offsets, scratch, taps, out);
+    }
+    // SAFETY: the token exists only on CPUs with AVX2 and FMA; the reads are in bounds by
+    // `check_rows`, for both channels (see `rows_pair_avx2`).
+    unsafe { rows_pair_avx2(g, offsets, scratch, taps, finish, out) }
+}
+
+/// # Safety
+/// As [`rows_avx2`], for both channels; both outputs are the same length.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_pair_avx2(
+    g: &Geometry,
+    offsets: &[usize],
+    scratch: &[f32],
+    taps: [&[f32]; 2],
+    finish: [Finish; 2],
+    out: [&mut [f32]; 2],
+) {
+    let row_step = g.stride_h * g.phase_width();
+    let reach = offsets.iter().max().copied().unwrap_or(0);
+    let rows = out[0].len() / g.out_w;
+    let [out0, out1] = out;
+    let dst = [out0.as_mut_ptr(), out1.as_mut_ptr()];
+    // SAFETY: as in `rows_avx2`: every read is `oy * row_step + offset + i` with `i` below
+    // the row's width (or its rounding up to 8 when `whole` says it is inside), every write
+    // within the row; the same bounds hold for both channels.
+    unsafe {
+        let bounds = finish.map(|f| (_mm256_set1_ps(f.low), _mm256_set1_ps(f.high)));
+        let bias = finish.map(|f| _mm256_set1_ps(f.bias));
+        for oy in 0..rows {
+            let (read, written) = (oy * row_step, oy * g.out_w);
+            let src = scratch.as_ptr().add(read);
+            let mut i = 0;
+            while i + 32 <= g.out_w {
+                let mut acc = [[bias[0]; 4], [bias[1]; 4]];
+                for (t, &offset) in offsets.iter().enumerate() {
+                    let k = [_mm256_set1_ps(taps[0][t]), _mm256_set1_ps(taps[1][t])];
+                    let p = src.add(offset + i);
+                    for v in 0..4 {
+                        let x = _mm256_loadu_ps(p.add(8 * v));
+                        acc[0][v] = _mm256_fmadd_ps(x, k[0], acc[0][v]);
+                        acc[1][v] = _mm256_fmadd_ps(x, k[1], acc[1][v]);
+                    }
+                }
+                for ((d, acc), (low, high)) in dst.iter().zip(acc).zip(bounds) {
+                    for (v, a) in acc.into_iter().enumerate() {
+                        let a = _mm256_min_ps(_mm256_max_ps(a, low), high);
+                        _mm256_storeu_ps(d.add(written + i + 8 * v), a);
+                    }
+                }
+                i += 32;
+            }
+            if i < g.out_w {
+                let whole = read + reach + g.out_w.next_multiple_of(8) <= scratch.len()
+                    && written + g.out_w.next_multiple_of(8) <= out0.len();
+                for ((d, taps), finish) in dst.iter().zip(taps).zip(finish) {
+                    let (src, d) = (src.add(i), d.add(written + i));
+                    row_fma::<0>(src, offsets, taps, finish, d, g.out_w - i, whole);
+                }
+            }
+        }
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA; for every row `oy` of `out` and every offset `o`,
 /// `oy * row_step + o + out_w <= scratch.len()`; `taps.len() == offsets.len()`.
