@@ -97,10 +97,11 @@ unsafe fn rows_pair_avx2(
                 for (t, &offset) in offsets.iter().enumerate() {
                     let k = [_mm256_set1_ps(taps[0][t]), _mm256_set1_ps(taps[1][t])];
                     let p = src.add(offset + i);
-                    for v in 0..4 {
+                    let [first, second] = &mut acc;
+                    for (v, (a, b)) in first.iter_mut().zip(second).enumerate() {
                         let x = _mm256_loadu_ps(p.add(8 * v));
-                        acc[0][v] = _mm256_fmadd_ps(x, k[0], acc[0][v]);
-                        acc[1][v] = _mm256_fmadd_ps(x, k[1], acc[1][v]);
+                        *a = _mm256_fmadd_ps(x, k[0], *a);
+                        *b = _mm256_fmadd_ps(x, k[1], *b);
                     }
                 }
                 for ((d, acc), (low, high)) in dst.iter().zip(acc).zip(bounds) {
