@@ -227,9 +227,7 @@ impl Geometry {
             }
         }
     }
-}
 
-impl Geometry {
     /// [`Geometry::fill_scratch`] for stride 2: each input row is read once and split into
     /// both phases, a pair of columns at a time, instead of once per phase.
     #[inline(always)]
@@ -276,27 +274,17 @@ fn put_column(even: &mut [f32], odd: &mut [f32], padded: usize, value: f32) {
     phase[padded / 2] = value;
 }
 
-/// `dst[j] = src[j * stride]` for every `j` of `dst`, with the common strides spelled out so
-/// they compile to block copies and vector shuffles rather than one load at a time.
+/// `dst[j] = src[j * stride]` for every `j` of `dst`, stride 1 spelled out so it compiles
+/// to block copies rather than one load at a time (stride 2 has its own fill,
+/// [`Geometry::fill_scratch_pairs`]).
 #[inline(always)]
 fn gather(src: &[f32], dst: &mut [f32], stride: usize) {
-    let Some(last) = dst.len().checked_sub(1) else {
+    if stride == 1 {
+        copy_run(&src[..dst.len()], dst);
         return;
-    };
-    match stride {
-        1 => copy_run(&src[..dst.len()], dst),
-        2 => {
-            let pairs = src[..2 * last].chunks_exact(2);
-            for (d, pair) in dst[..last].iter_mut().zip(pairs) {
-                *d = pair[0];
-            }
-            dst[last] = src[2 * last];
-        }
-        _ => {
-            for (d, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
-                *d = *s;
-            }
-        }
+    }
+    for (d, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+        *d = *s;
     }
 }
 
