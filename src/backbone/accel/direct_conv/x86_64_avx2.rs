@@ -113,8 +113,7 @@ unsafe fn rows_pair_avx2(
                 i += 32;
             }
             if i < g.out_w {
-                let whole = read + reach + g.out_w.next_multiple_of(8) <= scratch.len()
-                    && written + g.out_w.next_multiple_of(8) <= out0.len();
+                let whole = whole_tail(g, read + reach, scratch.len(), written, out0.len());
                 for ((d, taps), finish) in dst.iter().zip(taps).zip(finish) {
                     let (src, d) = (src.add(i), d.add(written + i));
                     row_fma::<0>(src, offsets, taps, finish, d, g.out_w - i, whole);
@@ -145,8 +144,7 @@ unsafe fn rows_avx2(
         // vector there still reads inside the scratch and writes inside `out`, it is
         // computed whole: the lanes past the row land on the next rows' outputs, which are
         // written after this one, and the masked loads and the buffered store are spared.
-        let whole = read + reach + g.out_w.next_multiple_of(8) <= scratch.len()
-            && written + g.out_w.next_multiple_of(8) <= out.len();
+        let whole = whole_tail(g, read + reach, scratch.len(), written, out.len());
         // SAFETY: the features are enabled on this function; every `offset + i` with
         // `i < out_w` is inside the scratch by this function's contract, and with `whole`
         // every `i` below `out_w` rounded up to 8 is inside it and inside `out`, as just
@@ -160,6 +158,13 @@ unsafe fn rows_avx2(
             }
         }
     }
+}
+
+/// Whether an output row starting at `written`, whose farthest tap starts at `read` in the
+/// scratch, may end in a whole vector: the row's width rounded up to 8 stays inside both.
+fn whole_tail(g: &Geometry, read: usize, scratch: usize, written: usize, out: usize) -> bool {
+    let width = g.out_w.next_multiple_of(8);
+    read + width <= scratch && written + width <= out
 }
 
 /// `dst[i] = bias + sum_t taps[t] * src[offsets[t] + i]` for `i < len`, thirty-two outputs
