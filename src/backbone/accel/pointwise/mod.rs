@@ -56,6 +56,10 @@ const NARROW: usize = 6;
 /// L2, leaving room for the weights of the band in use and the output rows being written.
 const CHUNK_BYTES: usize = 512 * 1024;
 
+/// Output channels up to which a [`Orientation::PixelLanes`] layer may read its data in
+/// place instead of packing it ([`Pointwise::in_place`]).
+const IN_PLACE_MAX_OUTPUTS: usize = 64;
+
 /// Shape of one pointwise layer, fixed when the plan is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Pointwise {
@@ -98,6 +102,15 @@ impl Pointwise {
             shape.insert(0, 1);
         }
         shape
+    }
+
+    /// Whether a [`Orientation::PixelLanes`] layer reads its data in place: when it has
+    /// few output channels, fewer than twice its inputs (a projection, say). Packing pays
+    /// when many bands reuse each panel; with few bands the packing pass costs more than
+    /// it saves, and the few output rows written side by side stay cheap. Layers with more
+    /// outputs lost up to half their speed in place (BENCHMARKS.md).
+    fn in_place(&self) -> bool {
+        self.outputs <= IN_PLACE_MAX_OUTPUTS && self.outputs < 2 * self.inputs
     }
 
     /// Pixels packed at a time ([`Orientation::PixelLanes`]): as many whole panels as fit
@@ -325,7 +338,30 @@ struct Band<'a> {
     first: usize,
 }
 
-/// [`Orientation::PixelLanes`]: chunk by chunk, every band over every panel of the chunk.
+/// Where a pixel tile ([`Orientation::PixelLanes`]) reads its inputs: input `i` of the
+/// tile's pixel `c` is `floats[i * step + c]`, and of its pixel `WIDE + c` (the second half
+/// of a 32-pixel tile) `floats[second + i * step + c]`. Packed panels have `step` 8 or 16
+/// and `second` one panel further; the layer's own data has `step` = its pixel count.
+#[derive(Clone, Copy)]
+pub(crate) struct Pixels<'a> {
+    floats: &'a [f32],
+    step: usize,
+    second: usize,
+}
+
+impl Pixels<'_> {
+    /// Panics unless `lanes` floats per input, for `inputs` inputs, from `start`, are
+    /// within `floats`: the bound the vector kernels' unchecked loads rely on.
+    fn check(&self, inputs: usize, start: usize, lanes: usize) {
+        if let Some(last) = inputs.checked_sub(1) {
+            assert!(start + last * self.step + lanes <= self.floats.len());
+        }
+    }
+}
+
+/// [`Orientation::PixelLanes`]: layers with few outputs read their data in place
+/// ([`pixel_lanes_in_place`]); the others chunk by chunk, every band over every panel of
+/// the chunk.
 fn pixel_lanes<'a>(
     shape: &Pointwise,
     data: &[f32],
@@ -333,6 +369,9 @@ fn pixel_lanes<'a>(
     output: &mut [f32],
     kernels: Kernels,
 ) {
+    if shape.in_place() {
+        return pixel_lanes_in_place(shape, data, bands, output, kernels);
+    }
     let (inputs, pixels, chunk) = (shape.inputs, shape.pixels(), shape.chunk_pixels());
     let mut panels = vec![0f32; inputs * chunk];
     for start in (0..pixels).step_by(chunk) {
@@ -342,11 +381,58 @@ fn pixel_lanes<'a>(
             let out = &mut output[band.first * pixels + start..];
             let mut first = 0;
             while first < count {
-                let panels = &panels[first / WIDE * inputs * WIDE..];
+                let panels = packed_pixels(&panels, first / WIDE, inputs, count - first);
                 let out = &mut out[first..];
                 first += band.pixel_tile(panels, count - first, out, pixels, kernels);
             }
         }
+    }
+}
+
+/// [`Orientation::PixelLanes`] without packing, for layers with few outputs: every band
+/// over each run of 16 or 32 pixels in turn, read where they lie in `data`, so that the
+/// run's inputs and the weights stay in L1 while the bands take them. The last pixels
+/// short of a whole 16 are packed into one panel, so no load reads past the data.
+fn pixel_lanes_in_place<'a>(
+    shape: &Pointwise,
+    data: &[f32],
+    bands: impl Iterator<Item = Band<'a>> + Clone,
+    output: &mut [f32],
+    kernels: Kernels,
+) {
+    let (inputs, pixels) = (shape.inputs, shape.pixels());
+    let whole = pixels / WIDE * WIDE;
+    let mut first = 0;
+    while first < whole {
+        let mut run = 0;
+        for band in bands.clone() {
+            let source = Pixels {
+                floats: &data[first..],
+                step: pixels,
+                second: WIDE,
+            };
+            let out = &mut output[band.first * pixels + first..];
+            run = band.pixel_tile(source, whole - first, out, pixels, kernels);
+        }
+        first += run;
+    }
+    if first < pixels {
+        let mut panel = vec![0f32; inputs * WIDE];
+        pack_wide_panels(data, pixels, inputs, first, pixels - first, &mut panel);
+        for band in bands {
+            let source = packed_pixels(&panel, 0, inputs, pixels - first);
+            let out = &mut output[band.first * pixels + first..];
+            band.pixel_tile(source, pixels - first, out, pixels, kernels);
+        }
+    }
+}
+
+/// Packed [`WIDE`] panels from panel `p` on, for a tile with `remaining` pixels left.
+fn packed_pixels(panels: &[f32], p: usize, inputs: usize, remaining: usize) -> Pixels<'_> {
+    Pixels {
+        floats: &panels[p * inputs * WIDE..],
+        step: wide_panel_stride(WIDE.min(remaining)),
+        second: inputs * WIDE,
     }
 }
 
@@ -370,9 +456,13 @@ fn channel_lanes<'a>(
         let out = &mut output[band.first * pixels..];
         let mut first = 0;
         while first < pixels {
-            let panels = &panels[first / NARROW * inputs * NARROW..];
+            let source = Pixels {
+                floats: &panels[first / NARROW * inputs * NARROW..],
+                step: NARROW,
+                second: inputs * NARROW,
+            };
             let out = &mut out[first..];
-            first += band.channel_tile(panels, pixels - first, out, pixels, kernels);
+            first += band.channel_tile(source, pixels - first, out, pixels, kernels);
         }
     }
 }
@@ -426,12 +516,11 @@ impl Band<'_> {
     }
 
     /// Writes the outputs of the next pixels of `remaining` to `out` (channels `stride`
-    /// apart) from the panels starting at `panels`, and returns how many pixels that was:
-    /// two full [`WIDE`] panels (a 6 x 32 tile) with the 512-bit kernels while they last,
-    /// else one panel (6 x 16, or 6 x 8 for a last panel of at most 8 pixels).
+    /// apart) from `source`, and returns how many pixels that was: 32 (a 6 x 32 tile) with
+    /// the 512-bit kernels while they last, else 16 (6 x 16), or what is left if less.
     fn pixel_tile(
         &self,
-        panels: &[f32],
+        source: Pixels,
         remaining: usize,
         out: &mut [f32],
         stride: usize,
@@ -441,35 +530,34 @@ impl Band<'_> {
         match kernels {
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512(isa) if remaining >= 2 * WIDE => {
-                x86_64_avx512::pixel_pair(isa, self, panels, out, stride);
+                x86_64_avx512::pixel_pair(isa, self, source, out, stride);
                 return 2 * WIDE;
             }
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512(isa) => {
-                x86_64_avx2::pixel_tile(isa.avx2(), self, panels, width, out, stride)
+                x86_64_avx2::pixel_tile(isa.avx2(), self, source, width, out, stride)
             }
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2(isa) => x86_64_avx2::pixel_tile(isa, self, panels, width, out, stride),
+            Kernels::Avx2(isa) => x86_64_avx2::pixel_tile(isa, self, source, width, out, stride),
             #[cfg(all(test, target_arch = "x86_64"))]
             Kernels::Emulated512 if remaining >= 2 * WIDE => {
-                x86_64_avx512::emulated::pixel_pair(self, panels, out, stride);
+                x86_64_avx512::emulated::pixel_pair(self, source, out, stride);
                 return 2 * WIDE;
             }
             _ => {
-                let lanes = wide_panel_stride(width);
-                portable::tile(self, |i, c| panels[i * lanes + c], width, out, stride);
+                let (floats, step) = (source.floats, source.step);
+                portable::tile(self, |i, c| floats[i * step + c], width, out, stride);
             }
         }
         width
     }
 
     /// Writes the outputs of the next pixels of `remaining` to `out` (channels `stride`
-    /// apart) from the [`NARROW`] panels starting at `panels`, and returns how many pixels
-    /// that was: two panels (a 16 x 12 tile) with the 512-bit kernels while they last,
+    /// apart) from `source`, and returns how many pixels that was: two panels (a 16 x 12 tile) with the 512-bit kernels while they last,
     /// else one (16 x 6).
     fn channel_tile(
         &self,
-        panels: &[f32],
+        source: Pixels,
         remaining: usize,
         out: &mut [f32],
         stride: usize,
@@ -479,21 +567,24 @@ impl Band<'_> {
         match kernels {
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512(isa) if remaining >= 2 * NARROW => {
-                x86_64_avx512::channel_pair(isa, self, panels, out, stride);
+                x86_64_avx512::channel_pair(isa, self, source, out, stride);
                 return 2 * NARROW;
             }
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512(isa) => {
-                x86_64_avx2::channel_tile(isa.avx2(), self, panels, width, out, stride)
+                x86_64_avx2::channel_tile(isa.avx2(), self, source, width, out, stride)
             }
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2(isa) => x86_64_avx2::channel_tile(isa, self, panels, width, out, stride),
+            Kernels::Avx2(isa) => x86_64_avx2::channel_tile(isa, self, source, width, out, stride),
             #[cfg(all(test, target_arch = "x86_64"))]
             Kernels::Emulated512 if remaining >= 2 * NARROW => {
-                x86_64_avx512::emulated::channel_pair(self, panels, out, stride);
+                x86_64_avx512::emulated::channel_pair(self, source, out, stride);
                 return 2 * NARROW;
             }
-            _ => portable::tile(self, |i, c| panels[i * NARROW + c], width, out, stride),
+            _ => {
+                let (floats, step) = (source.floats, source.step);
+                portable::tile(self, |i, c| floats[i * step + c], width, out, stride);
+            }
         }
         width
     }
@@ -529,10 +620,11 @@ mod tests {
     fn matches_the_definition_for_every_shape_and_path() {
         // (inputs, outputs, height, width). Pixel lanes (784 pixels or more): full tiles,
         // partial bands, 8- and 16-wide tails, chunks of one panel (4096 inputs) and of
-        // several. Channel lanes (fewer): MobileNet's 14x14 and 7x7 layers, partial bands
-        // and panels, one pixel.
+        // several, packed (64 and 70 outputs) and read in place (the others). Channel lanes
+        // (fewer): MobileNet's 14x14 and 7x7 layers, partial bands and panels, one pixel.
         let cases = [
             (32, 64, 28, 28),
+            (16, 70, 29, 30),
             (17, 13, 29, 31),
             (4096, 7, 28, 29),
             (64, 20, 100, 41),

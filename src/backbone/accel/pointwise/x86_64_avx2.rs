@@ -4,60 +4,64 @@
 
 use std::arch::x86_64::*;
 
-use super::{wide_panel_stride, Band, NARROW};
+use super::{Band, Pixels, NARROW};
 use crate::backbone::accel::cpu::Avx2Fma;
 
-/// A 6 x 16 (or 6 x 8) tile, lanes along pixels, from a [`super::WIDE`] panel.
+/// A 6 x 16 (or 6 x 8) tile, lanes along pixels, from `source`.
 pub(super) fn pixel_tile(
     _isa: Avx2Fma,
     band: &Band,
-    panel: &[f32],
+    source: Pixels,
     width: usize,
     out: &mut [f32],
     stride: usize,
 ) {
     assert!(band.bias.len() == 6 && band.weights.len().is_multiple_of(6));
     assert!((1..=16).contains(&width) && (1..=6).contains(&band.channels));
-    assert!(panel.len() >= band.inputs() * wide_panel_stride(width));
+    let lanes = if width > 8 { 16 } else { 8 };
+    source.check(band.inputs(), 0, lanes);
     assert!(out.len() >= (band.channels - 1) * stride + width);
-    // SAFETY: the token exists only on CPUs with AVX2 and FMA; the asserts above bound
-    // every read of `band` and `panel` and every write to `out` (see the contracts).
+    let (panel, step) = (source.floats, source.step);
+    // SAFETY: the token exists only on CPUs with AVX2 and FMA; the checks above bound
+    // every read of `band` and `source` and every write to `out` (see the contracts).
     unsafe {
         if width > 8 {
-            pixel_tile_avx2::<2>(band, panel, width, out, stride)
+            pixel_tile_avx2::<2>(band, panel, step, width, out, stride)
         } else {
-            pixel_tile_avx2::<1>(band, panel, width, out, stride)
+            pixel_tile_avx2::<1>(band, panel, step, width, out, stride)
         }
     }
 }
 
-/// A 16 x 6 tile, lanes along channels, from a [`NARROW`] panel.
+/// A 16 x 6 tile, lanes along channels, from `source` (6 pixels per input).
 pub(super) fn channel_tile(
     _isa: Avx2Fma,
     band: &Band,
-    panel: &[f32],
+    source: Pixels,
     width: usize,
     out: &mut [f32],
     stride: usize,
 ) {
     assert!(band.bias.len() == 16 && band.weights.len().is_multiple_of(16));
     assert!((1..=NARROW).contains(&width) && (1..=16).contains(&band.channels));
-    assert!(panel.len() >= band.inputs() * NARROW);
+    source.check(band.inputs(), 0, NARROW);
     assert!(out.len() >= (band.channels - 1) * stride + width);
     // SAFETY: as in `pixel_tile`.
-    unsafe { channel_tile_avx2(band, panel, width, out, stride) }
+    unsafe { channel_tile_avx2(band, source.floats, source.step, width, out, stride) }
 }
 
 /// A 6 x `8V` tile, lanes along pixels: `V` vectors of 8 pixels per channel.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the band has 6 channels of bias and `inputs x 6`
-/// weights, at most 6 of them real; `panel` holds `inputs x 8V` floats; `width <= 8V`; and
-/// `out` reaches `(band.channels - 1) * stride + width`.
+/// weights, at most 6 of them real; `panel` holds `8V` floats from each multiple of `step`
+/// below `inputs x step`; `width <= 8V`; and `out` reaches
+/// `(band.channels - 1) * stride + width`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pixel_tile_avx2<const V: usize>(
     band: &Band,
     panel: &[f32],
+    step: usize,
     width: usize,
     out: &mut [f32],
     stride: usize,
@@ -66,7 +70,7 @@ unsafe fn pixel_tile_avx2<const V: usize>(
     let (w, x) = (band.weights.as_ptr(), panel.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); V]; ROWS];
     // SAFETY: the features are enabled on this function; loads stay within `inputs x 6`
-    // weights and `inputs x 8V` panel floats, stores within the reach of `out`, by the
+    // weights and `8V` panel floats per input, stores within the reach of `out`, by the
     // contract above.
     unsafe {
         for (r, row) in acc.iter_mut().enumerate() {
@@ -75,7 +79,7 @@ unsafe fn pixel_tile_avx2<const V: usize>(
         for i in 0..band.inputs() {
             let mut xs = [_mm256_setzero_ps(); V];
             for (v, xv) in xs.iter_mut().enumerate() {
-                *xv = _mm256_loadu_ps(x.add((i * V + v) * 8));
+                *xv = _mm256_loadu_ps(x.add(i * step + v * 8));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let wv = _mm256_broadcast_ss(&*w.add(i * ROWS + r));
@@ -110,12 +114,14 @@ unsafe fn pixel_tile_avx2<const V: usize>(
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the band has 16 channels of bias and `inputs x 16`
-/// weights, at most 16 of them real; `panel` holds `inputs x 6` floats; `width <= 6`; and
-/// `out` reaches `(band.channels - 1) * stride + width`.
+/// weights, at most 16 of them real; `panel` holds 6 floats from each multiple of `step`
+/// below `inputs x step`; `width <= 6`; and `out` reaches
+/// `(band.channels - 1) * stride + width`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn channel_tile_avx2(
     band: &Band,
     panel: &[f32],
+    step: usize,
     width: usize,
     out: &mut [f32],
     stride: usize,
@@ -123,7 +129,7 @@ unsafe fn channel_tile_avx2(
     let (w, x) = (band.weights.as_ptr(), panel.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; NARROW];
     // SAFETY: the features are enabled on this function; loads stay within `inputs x 16`
-    // weights and `inputs x 6` panel floats, stores within the reach of `out`, by the
+    // weights and 6 panel floats per input, stores within the reach of `out`, by the
     // contract above.
     unsafe {
         let bias = [
@@ -137,7 +143,7 @@ unsafe fn channel_tile_avx2(
                 _mm256_loadu_ps(w.add(i * 16 + 8)),
             ];
             for (c, pixel) in acc.iter_mut().enumerate() {
-                let xv = _mm256_broadcast_ss(&*x.add(i * NARROW + c));
+                let xv = _mm256_broadcast_ss(&*x.add(i * step + c));
                 for (a, wv) in pixel.iter_mut().zip(ws) {
                     *a = _mm256_fmadd_ps(wv, xv, *a);
                 }
