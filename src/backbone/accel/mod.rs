@@ -18,6 +18,8 @@ mod direct_conv;
 mod lanes;
 mod op;
 mod pointwise;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_transpose;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};

@@ -17,6 +17,7 @@ use std::arch::x86_64::*;
 
 use super::Geometry;
 use crate::backbone::accel::cpu::Avx2Fma;
+use crate::backbone::accel::x86_64_transpose::transpose8;
 
 /// Channels per block: the lanes of an AVX2 vector.
 const LANES: usize = 8;
@@ -236,35 +237,10 @@ unsafe fn drain(outputs: &[f32], count: usize, pixels: usize, out: &mut [f32]) {
 /// AVX2; those 8 rows readable.
 #[inline(always)]
 unsafe fn transpose(src: *const f32, src_stride: usize) -> [__m256; 8] {
-    // SAFETY: by the contract, each load reads one of the 8 rows.
+    // SAFETY: by the contract, each load reads one of the 8 rows, and AVX2 is there for
+    // the shuffles.
     unsafe {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
-        let t = [
-            _mm256_unpacklo_ps(r[0], r[1]),
-            _mm256_unpackhi_ps(r[0], r[1]),
-            _mm256_unpacklo_ps(r[2], r[3]),
-            _mm256_unpackhi_ps(r[2], r[3]),
-            _mm256_unpacklo_ps(r[4], r[5]),
-            _mm256_unpackhi_ps(r[4], r[5]),
-            _mm256_unpacklo_ps(r[6], r[7]),
-            _mm256_unpackhi_ps(r[6], r[7]),
-        ];
-        let u = [
-            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-        ];
-        std::array::from_fn(|j| {
-            if j < 4 {
-                _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4])
-            } else {
-                _mm256_permute2f128_ps::<0x31>(u[j - 4], u[j])
-            }
-        })
+        let rows: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+        transpose8(rows)
     }
 }

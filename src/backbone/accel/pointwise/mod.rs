@@ -60,6 +60,10 @@ const CHUNK_BYTES: usize = 512 * 1024;
 /// place instead of packing it ([`Pointwise::in_place`]).
 const IN_PLACE_MAX_OUTPUTS: usize = 64;
 
+/// Input channels from which a [`Orientation::PixelLanes`] layer may read its data in
+/// place ([`Pointwise::in_place`]).
+const IN_PLACE_MIN_INPUTS: usize = 128;
+
 /// Shape of one pointwise layer, fixed when the plan is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Pointwise {
@@ -110,7 +114,9 @@ impl Pointwise {
     /// it saves, and the few output rows written side by side stay cheap. Layers with more
     /// outputs lost up to half their speed in place (BENCHMARKS.md).
     fn in_place(&self) -> bool {
-        self.outputs <= IN_PLACE_MAX_OUTPUTS && self.outputs < 2 * self.inputs
+        self.outputs <= IN_PLACE_MAX_OUTPUTS
+            && self.outputs < 2 * self.inputs
+            && self.inputs >= IN_PLACE_MIN_INPUTS
     }
 
     /// Pixels packed at a time ([`Orientation::PixelLanes`]): as many whole panels as fit

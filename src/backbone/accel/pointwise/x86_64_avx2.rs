@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use super::{Band, Pixels, NARROW};
 use crate::backbone::accel::cpu::Avx2Fma;
+use crate::backbone::accel::x86_64_transpose::transpose8;
 
 /// A 6 x 16 (or 6 x 8) tile, lanes along pixels, from `source`.
 pub(super) fn pixel_tile(
@@ -110,7 +111,8 @@ unsafe fn pixel_tile_avx2<const V: usize>(
 }
 
 /// A 16 x 6 tile, lanes along channels: two vectors of 8 channels per pixel; the
-/// result is transposed through a buffer into the channel-major output.
+/// result is transposed in registers into the channel-major output (through a buffer for
+/// a last tile of fewer than 6 pixels).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the band has 16 channels of bias and `inputs x 16`
@@ -150,6 +152,26 @@ unsafe fn channel_tile_avx2(
             }
         }
         let (low, high) = (_mm256_set1_ps(band.clip.0), _mm256_set1_ps(band.clip.1));
+        let dst = out.as_mut_ptr();
+        if width == NARROW {
+            // A whole tile: each half's 8 x 6 sums transposed in registers (two rows of
+            // zeros make it 8 x 8), then 6 floats stored per channel.
+            for half in 0..2 {
+                let mut rows = [_mm256_setzero_ps(); 8];
+                for (row, pixel) in rows.iter_mut().zip(&acc) {
+                    *row = _mm256_min_ps(_mm256_max_ps(pixel[half], low), high);
+                }
+                let channels = band.channels.saturating_sub(half * 8);
+                for (j, column) in transpose8(rows).into_iter().enumerate().take(channels) {
+                    let d = dst.add((half * 8 + j) * stride);
+                    _mm_storeu_ps(d, _mm256_castps256_ps128(column));
+                    let last_two = _mm_castps_pd(_mm256_extractf128_ps::<1>(column));
+                    _mm_store_sd(d.add(4).cast::<f64>(), last_two);
+                }
+            }
+            return;
+        }
+        // A last tile of fewer pixels: through a buffer, one float at a time.
         let mut buffer = [[0f32; 16]; NARROW];
         for (b, pixel) in buffer.iter_mut().zip(&acc) {
             for (v, a) in pixel.iter().enumerate() {
@@ -157,7 +179,6 @@ unsafe fn channel_tile_avx2(
                 _mm256_storeu_ps(b.as_mut_ptr().add(v * 8), a);
             }
         }
-        let dst = out.as_mut_ptr();
         for r in 0..band.channels {
             for (c, b) in buffer.iter().enumerate().take(width) {
                 *dst.add(r * stride + c) = b[r];
