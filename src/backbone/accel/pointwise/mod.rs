@@ -379,20 +379,21 @@ fn pixel_lanes<'a>(
         return pixel_lanes_in_place(shape, data, bands, output, kernels);
     }
     let (inputs, pixels, chunk) = (shape.inputs, shape.pixels(), shape.chunk_pixels());
-    let mut panels = vec![0f32; inputs * chunk];
-    for start in (0..pixels).step_by(chunk) {
-        let count = chunk.min(pixels - start);
-        pack_wide_panels(data, pixels, inputs, start, count, &mut panels);
-        for band in bands.clone() {
-            let out = &mut output[band.first * pixels + start..];
-            let mut first = 0;
-            while first < count {
-                let panels = packed_pixels(&panels, first / WIDE, inputs, count - first);
-                let out = &mut out[first..];
-                first += band.pixel_tile(panels, count - first, out, pixels, kernels);
+    with_panels(inputs * chunk, |panels| {
+        for start in (0..pixels).step_by(chunk) {
+            let count = chunk.min(pixels - start);
+            pack_wide_panels(data, pixels, inputs, start, count, panels);
+            for band in bands.clone() {
+                let out = &mut output[band.first * pixels + start..];
+                let mut first = 0;
+                while first < count {
+                    let panels = packed_pixels(panels, first / WIDE, inputs, count - first);
+                    let out = &mut out[first..];
+                    first += band.pixel_tile(panels, count - first, out, pixels, kernels);
+                }
             }
         }
-    }
+    });
 }
 
 /// [`Orientation::PixelLanes`] without packing, for layers with few outputs: every band
@@ -451,26 +452,47 @@ fn channel_lanes<'a>(
     kernels: Kernels,
 ) {
     let (inputs, pixels) = (shape.inputs, shape.pixels());
-    let mut panels = vec![0f32; pixels.div_ceil(NARROW) * inputs * NARROW];
-    for (p, panel) in panels.chunks_exact_mut(inputs * NARROW).enumerate() {
-        let width = NARROW.min(pixels - p * NARROW);
-        for (i, dst) in panel.chunks_exact_mut(NARROW).enumerate() {
-            copy_short(&data[i * pixels + p * NARROW..], &mut dst[..width]);
+    with_panels(pixels.div_ceil(NARROW) * inputs * NARROW, |panels| {
+        for (p, panel) in panels.chunks_exact_mut(inputs * NARROW).enumerate() {
+            let width = NARROW.min(pixels - p * NARROW);
+            for (i, dst) in panel.chunks_exact_mut(NARROW).enumerate() {
+                copy_short(&data[i * pixels + p * NARROW..], &mut dst[..width]);
+            }
         }
-    }
-    for band in bands {
-        let out = &mut output[band.first * pixels..];
-        let mut first = 0;
-        while first < pixels {
-            let source = Pixels {
-                floats: &panels[first / NARROW * inputs * NARROW..],
-                step: NARROW,
-                second: inputs * NARROW,
-            };
-            let out = &mut out[first..];
-            first += band.channel_tile(source, pixels - first, out, pixels, kernels);
+        for band in bands {
+            let out = &mut output[band.first * pixels..];
+            let mut first = 0;
+            while first < pixels {
+                let source = Pixels {
+                    floats: &panels[first / NARROW * inputs * NARROW..],
+                    step: NARROW,
+                    second: inputs * NARROW,
+                };
+                let out = &mut out[first..];
+                first += band.channel_tile(source, pixels - first, out, pixels, kernels);
+            }
         }
-    }
+    });
+}
+
+thread_local! {
+    /// The packed panels of the layer being computed on this thread, kept from one layer
+    /// to the next.
+    static PANELS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `pack_and_compute` on `len` floats of this thread's panel buffer, which keeps the
+/// largest size asked for: allocating and zeroing the panels afresh for every layer was a
+/// pass over memory for nothing, since packing writes every float the kernels read.
+/// Stale floats from an earlier layer are only ever read into results that are not
+/// stored (the lanes past a last, partial panel).
+fn with_panels<R>(len: usize, pack_and_compute: impl FnOnce(&mut [f32]) -> R) -> R {
+    PANELS.with_borrow_mut(|panels| {
+        if panels.len() < len {
+            panels.resize(len, 0.0);
+        }
+        pack_and_compute(&mut panels[..len])
+    })
 }
 
 /// Copies `count` pixels of `data` (`inputs x pixels`) from `start` into panels of [`WIDE`]
