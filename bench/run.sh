@@ -7,6 +7,7 @@
 # RUNS       repetitions per measurement; medians are reported (default: 3)
 #
 # Environment: SKIP_BUILD=1 uses the existing target/release/flowers (e.g. while src/ does not build).
+#              ONE_THREAD_ROUNDS (default 10): rounds of the one-thread comparison.
 #              PYTHON (default python3) must have onnx, onnxruntime, pillow, numpy:
 #   python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install onnx onnxruntime pillow numpy
 #   PYTHON=/tmp/bench-venv/bin/python bench/run.sh
@@ -19,19 +20,21 @@
 #   and per-image inference on ONE thread for each shared backbone found in
 #   $SHARED_MODELS (default ../shared/models): bench/onnxruntime_one_thread.py against
 #   `examples/backbone_speed --flowers-only` (on AVX-512 CPUs also with FLOWERS_KERNELS=avx2,
-#   to show what the 512-bit kernels gain), alternated run by run.
+#   to show what the 512-bit kernels gain), in ONE_THREAD_ROUNDS rounds of back-to-back
+#   measurements whose order is swapped every round; the ratio is the median of the rounds'.
 # The CPU model and its SIMD flags are printed first: quote them with every figure.
 # Wall time is measured around each whole process, peak RSS with /usr/bin/time (%M).
 # The page cache is warmed first (all images read once), so no row measures disk I/O.
 # Measurements of flowers and of the reference are interleaved run by run, so that any
 # background load hits both sides alike; CPU used by other processes is reported at the end.
-# Takes ~3 min with RUNS=3 on 2 quiet cores (1817 images).
+# Takes ~5 min with RUNS=3 on 2 quiet cores (1817 images).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 IMAGE_DIR=$(cd "${1:-../shared/data/flower_photos}" && pwd)
 RUNS=${2:-3}
+ROUNDS=${ONE_THREAD_ROUNDS:-10}
 PYTHON=${PYTHON:-python3}
 THREADS=2
 BACKBONE=$ROOT/models/mobilenet_v1_1.0_224/mobilenet_v1_1.0_224.onnx
@@ -138,24 +141,38 @@ for i in $(seq "$RUNS"); do
         --output-graph "$WORK/g_sub.onnx" --output-labels "$WORK/l_sub.txt" --threads $THREADS
 done
 
-echo "## one thread per backbone: onnxruntime vs flowers' plan, ms per image (medians of 30 each run)" >&2
+echo "## one thread per backbone: onnxruntime vs flowers' plan, ms per image ($ROUNDS rounds; medians of 30 each)" >&2
 ONE_THREAD=$WORK/one_thread.md
 AVX512=$(grep -m1 -q -w avx512f /proc/cpuinfo && echo 1 || echo 0)
+one_ort() { "$PYTHON" bench/onnxruntime_one_thread.py "$1" 30 | grep -o '[0-9.]* ms' | cut -d' ' -f1; }
+one_flowers() { "$SPEED" 30 --flowers-only --model "$1" | grep -o '[0-9.]* ms' | cut -d' ' -f1; }
+one_avx2() {
+    if [ "$AVX512" = 1 ]; then FLOWERS_KERNELS=avx2 one_flowers "$1"; else echo n/a; fi
+}
 for model in mobilenet_v1_1.0_224 mobilenet_v2_1.0_224 efficientnet_lite0; do
     onnx=$SHARED_MODELS/$model/$model.onnx
     [ -f "$onnx" ] && [ -x "$SPEED" ] || { echo "  skipping $model (no $onnx or no backbone_speed)" >&2; continue; }
-    for i in $(seq "$RUNS"); do
-        "$PYTHON" bench/onnxruntime_one_thread.py "$onnx" 30 | grep -o '[0-9.]* ms' | cut -d' ' -f1 >>"$WORK/ort_$model.dat"
-        "$SPEED" 30 --flowers-only --model "$onnx" | grep -o '[0-9.]* ms' | cut -d' ' -f1 >>"$WORK/fl_$model.dat"
-        if [ "$AVX512" = 1 ]; then
-            FLOWERS_KERNELS=avx2 "$SPEED" 30 --flowers-only --model "$onnx" | grep -o '[0-9.]* ms' | cut -d' ' -f1 >>"$WORK/fl2_$model.dat"
+    : >"$WORK/one_$model.dat"
+    for i in $(seq "$ROUNDS"); do
+        # Each round measures both back to back, one first and then the other in turn: this
+        # VM's speed wanders within seconds, and whichever runs second gains or loses by it.
+        if [ $((i % 2)) = 1 ]; then
+            ort=$(one_ort "$onnx"); fl=$(one_flowers "$onnx"); avx2=$(one_avx2 "$onnx")
+        else
+            avx2=$(one_avx2 "$onnx"); fl=$(one_flowers "$onnx"); ort=$(one_ort "$onnx")
         fi
-        printf '  %-22s run: ort %s ms, flowers %s ms\n' "$model" "$(tail -1 "$WORK/ort_$model.dat")" "$(tail -1 "$WORK/fl_$model.dat")" >&2
+        echo "$ort $fl $avx2" >>"$WORK/one_$model.dat"
+        printf '  %-22s round %2d: ort %s ms, flowers %s ms, avx2 %s\n' "$model" "$i" "$ort" "$fl" "$avx2" >&2
     done
-    ort=$(median "$WORK/ort_$model.dat" 1); fl=$(median "$WORK/fl_$model.dat" 1)
-    avx2=n/a; [ "$AVX512" = 1 ] && avx2=$(median "$WORK/fl2_$model.dat" 1)
-    awk -v m="$model" -v o="$ort" -v f="$fl" -v a="$avx2" 'BEGIN{
-        printf "| %s | %.2f | %.2f | %s | %.2f |\n", m, o, f, a, o/f }' >>"$ONE_THREAD"
+    "$PYTHON" - "$model" "$WORK/one_$model.dat" >>"$ONE_THREAD" <<'EOF'
+import statistics as st, sys
+rows = [line.split() for line in open(sys.argv[2])]
+ort, fl = [float(r[0]) for r in rows], [float(r[1]) for r in rows]
+avx2 = "n/a" if rows[0][2] == "n/a" else "%.2f" % st.median(float(r[2]) for r in rows)
+ratios = sorted(o / f for o, f in zip(ort, fl))
+print("| %s | %.2f | %.2f | %s | %.2f | %.2f-%.2f |" % (sys.argv[1], st.median(ort), st.median(fl), avx2,
+      st.median(ratios), ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]))
+EOF
 done
 
 T1=$(date +%s.%N); BUSY1=$(busy_jiffies); LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -214,10 +231,10 @@ print(f"Peak RSS growth, flowers cold retrain: {nsub} images (2 classes) {mb(sub
 EOF
 if [ -s "$ONE_THREAD" ]; then
     echo
-    echo "One thread, ms per image (median of $RUNS runs of 30, alternated; flowers' path: \`FLOWERS_KERNELS\` unset)"
+    echo "One thread, ms per image: medians over $ROUNDS rounds, each round both measured back to back, the order swapped every round, each measurement the median of 30 runs; flowers' path: \`FLOWERS_KERNELS\` unset. The ratio is the median of the rounds' ratios, with their quartiles."
     echo
-    echo "| backbone | onnxruntime | flowers | flowers, FLOWERS_KERNELS=avx2 | flowers speed / onnxruntime's |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| backbone | onnxruntime | flowers | flowers, FLOWERS_KERNELS=avx2 | flowers speed / onnxruntime's | quartiles |"
+    echo "|---|---:|---:|---:|---:|---|"
     cat "$ONE_THREAD"
 fi
 awk -v b0="$BUSY0" -v b1="$BUSY1" -v hz="$HZ" -v own="$OWN_CPU" -v t0="$T0" -v t1="$T1" \
