@@ -267,6 +267,12 @@ impl Geometry {
     }
 }
 
+/// Planes up to this size are prefetched all at once (L1's size).
+const PREFETCH_AT_ONCE_BYTES: usize = 32 * 1024;
+
+/// Output rows computed between two shares of a larger plane's prefetch.
+const PREFETCH_BAND_ROWS: usize = 8;
+
 /// Asks the CPU to bring `values` into its L2 cache, a line at a time, while the current
 /// plane is computed.
 #[inline(always)]
@@ -475,15 +481,29 @@ pub(crate) fn convolve(
         }
         return;
     }
+    // The next plane comes in from memory while this one is computed: all of it at once if
+    // it fits in L1, else a share of it before each band of output rows, so the requests
+    // are spread over the computation instead of queueing up at its start.
+    let bands = match plane * 4 > PREFETCH_AT_ONCE_BYTES {
+        true => g.out_h.div_ceil(PREFETCH_BAND_ROWS),
+        false => 1,
+    };
+    let band_rows = g.out_h.div_ceil(bands);
+    let row_step = g.stride_h * g.phase_width();
     for c in 0..g.channels {
         fill(g, &data[c * plane..][..plane], &mut scratch, kernels);
-        // The next plane comes in from memory while this one is computed.
-        if let Some(next) = data.get((c + 1) * plane..(c + 2) * plane) {
-            prefetch(next);
-        }
+        let next = data
+            .get((c + 1) * plane..(c + 2) * plane)
+            .unwrap_or_default();
+        let mut shares = next.chunks(next.len().div_ceil(bands).max(1));
         let taps = &kernel[c * taps..][..taps];
         let out = &mut output[c * out_plane..][..out_plane];
-        rows(g, &offsets, &scratch, taps, finish(c), out, kernels);
+        for first in (0..g.out_h).step_by(band_rows) {
+            prefetch(shares.next().unwrap_or_default());
+            let out = &mut out[first * g.out_w..][..band_rows.min(g.out_h - first) * g.out_w];
+            let scratch = &scratch[first * row_step..];
+            rows(g, &offsets, scratch, taps, finish(c), out, kernels);
+        }
     }
 }
 
