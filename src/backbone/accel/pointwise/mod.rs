@@ -109,10 +109,11 @@ impl Pointwise {
     }
 
     /// Whether a [`Orientation::PixelLanes`] layer reads its data in place: when it has
-    /// few output channels, fewer than twice its inputs (a projection, say). Packing pays
-    /// when many bands reuse each panel; with few bands the packing pass costs more than
-    /// it saves, and the few output rows written side by side stay cheap. Layers with more
-    /// outputs lost up to half their speed in place (BENCHMARKS.md).
+    /// few output channels, fewer than twice its inputs, and many inputs (a projection,
+    /// say). Packing pays when many bands reuse each panel; with few bands the packing pass
+    /// costs more than it saves, and the few output rows written side by side stay cheap.
+    /// Layers with more outputs lost up to half their speed in place, and layers with
+    /// fewer inputs lost too, inside the network (BENCHMARKS.md).
     fn in_place(&self) -> bool {
         self.outputs <= IN_PLACE_MAX_OUTPUTS
             && self.outputs < 2 * self.inputs
@@ -424,13 +425,14 @@ fn pixel_lanes_in_place<'a>(
         first += run;
     }
     if first < pixels {
-        let mut panel = vec![0f32; inputs * WIDE];
-        pack_wide_panels(data, pixels, inputs, first, pixels - first, &mut panel);
-        for band in bands {
-            let source = packed_pixels(&panel, 0, inputs, pixels - first);
-            let out = &mut output[band.first * pixels + first..];
-            band.pixel_tile(source, pixels - first, out, pixels, kernels);
-        }
+        with_panels(inputs * WIDE, |panel| {
+            pack_wide_panels(data, pixels, inputs, first, pixels - first, panel);
+            for band in bands {
+                let source = packed_pixels(panel, 0, inputs, pixels - first);
+                let out = &mut output[band.first * pixels + first..];
+                band.pixel_tile(source, pixels - first, out, pixels, kernels);
+            }
+        });
     }
 }
 
