@@ -3,16 +3,26 @@
 //!
 //! tract stays the engine: it loads, declutters, optimises and runs the model. [`apply`]
 //! walks the typed graph, before tract's declutter, and replaces the layers where
-//! profiling showed tract well below what the CPU can do: depthwise convolutions and the
-//! stem ([`direct_conv`]), and the pointwise convolutions ([`pointwise`]). Each replacement
-//! takes in the ReLU6 (or ReLU) that follows, so the clamp is applied as outputs are stored
-//! instead of in a pass of its own. Results match tract's to float rounding; the test
-//! below checks a whole bottleneck against tract's own plan on a real photo.
+//! profiling showed tract well below what the CPU can do: the stem, the depthwise and the
+//! pointwise convolutions. Each replacement takes in the ReLU6 (or ReLU) that follows, so
+//! the clamp is applied as outputs are stored instead of in a pass of its own. Results
+//! match tract's to float rounding; the tests below check a whole bottleneck against
+//! tract's own plan on a real photo, and a residual block on every path.
+//!
+//! Two families of ops, by the layout of the activations between them:
+//! - on AVX2 CPUs, [`blocked`]: channels in blocks of eight from the stem to the last
+//!   layer, residual additions included, turned back into planes once, for the pooling;
+//! - on AVX-512 CPUs (and in the emulated-lane tests), channel-first planes, as tract
+//!   keeps them: [`direct_conv`] for the stem and the depthwise layers, [`pointwise`] for
+//!   the pointwise ones, each reading and writing planes. Their 512-bit kernels have no
+//!   blocked counterpart yet; `FLOWERS_KERNELS=avx2` runs the blocked ops on those CPUs.
 //!
 //! Layout, as in tract's linalg: each op's portable code lives apart from its
 //! ISA-specific kernels (`x86_64_avx2.rs`), which can only be reached with the [`cpu`]
 //! token that proves the CPU has the features they are compiled for.
 
+#[cfg(target_arch = "x86_64")]
+mod blocked;
 mod cpu;
 mod direct_conv;
 mod lanes;
@@ -37,10 +47,11 @@ use pointwise::PointwiseConv;
 /// times (its axis-change search deep-copies each constant it tries, and it copies each
 /// 1x1 kernel again into matrix form); BENCHMARKS.md has the plan-build times.
 ///
-/// Only CPUs with AVX2 and FMA get the swap, with AVX-512 kernels where the CPU has them:
-/// elsewhere (older x86, ARM, where tract has its own vector kernels) the portable paths
-/// would not beat tract, so the plan is left as is. `FLOWERS_KERNELS` (see [`cpu`]) can
-/// ask for tract's plan (`portable`) or for the AVX2 kernels on an AVX-512 CPU (`avx2`).
+/// Only CPUs with AVX2 and FMA get the swap: the blocked ops, or on AVX-512 CPUs the
+/// channel-first ops with 512-bit kernels. Elsewhere (older x86, ARM, where tract has its
+/// own vector kernels) the portable paths would not beat tract, so the plan is left as
+/// is. `FLOWERS_KERNELS` (see [`cpu`]) can ask for tract's plan (`portable`) or for the
+/// blocked AVX2 ops on an AVX-512 CPU (`avx2`).
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
     apply_kernels(model, Kernels::detect())
 }
@@ -56,8 +67,18 @@ fn apply_kernels(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize>
     for id in model.eval_order()? {
         let node = model.node(id);
         if let Some(layer) = Layer::of(model, node)? {
-            swap(model, node, layer, kernels)?.apply(model)?;
+            let patch = match kernels {
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2(isa) => blocked_swap(model, node, layer, isa)?,
+                _ => swap(model, node, layer, kernels)?,
+            };
+            patch.apply(model)?;
             replaced += 1;
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (Kernels::Avx2(_), Some(patch)) = (kernels, blocked_add(model, node)?) {
+            patch.apply(model)?;
         }
     }
     Ok(replaced)
@@ -85,8 +106,9 @@ fn swap(
         }),
         Layer::Pointwise(found) => {
             let name = &node.name;
-            inputs[1] = patch.add_const(format!("{name}.packed_weights"), found.weights)?;
-            inputs[2] = patch.add_const(format!("{name}.packed_bias"), found.bias)?;
+            let (weights, bias) = found.packed()?;
+            inputs[1] = patch.add_const(format!("{name}.packed_weights"), weights)?;
+            inputs[2] = patch.add_const(format!("{name}.packed_bias"), bias)?;
             let shape = found.shape;
             Box::new(PointwiseConv {
                 shape,
@@ -98,6 +120,138 @@ fn swap(
     let output = patch.wire_node(&node.name, op, &inputs)?[0];
     patch.shunt_outside(model, last, output)?;
     Ok(patch)
+}
+
+/// The patch putting the blocked op for `layer` in place of `node` and its clamp: it reads
+/// blocks (unless it is the stem, which reads the image's planes) and writes blocks, which
+/// a [`blocked::FromBlocked`] turns back into planes for whatever reads `node` now. When
+/// the next layer is swapped in turn, it reads the blocks directly ([`blocked_input`]),
+/// and the conversion, read by nothing, is dropped with the rest of the unused nodes.
+#[cfg(target_arch = "x86_64")]
+fn blocked_swap(
+    model: &TypedModel,
+    node: &TypedNode,
+    layer: Layer,
+    isa: cpu::Avx2Fma,
+) -> TractResult<TypedModelPatch> {
+    use blocked::*;
+    let unclamped = OutletId::new(node.id, 0);
+    let (clip, last) = match fused_clip(model, unclamped)? {
+        Some((low, high, last)) => (Clip::new(low, high), last),
+        None => (Clip::default(), unclamped),
+    };
+    let mut patch = TypedModelPatch::default();
+    let name = &node.name;
+    let konst = |slot: usize| -> TractResult<Vec<f32>> {
+        let fact = model.outlet_fact(node.inputs[slot])?;
+        let Some(konst) = fact.konst.as_ref() else {
+            anyhow::bail!("{} reads weights that are not constant", node.name)
+        };
+        Ok(konst.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+    };
+    let (op, data, (weights, bias), output): (Box<dyn TypedOp>, _, _, _) = match layer {
+        Layer::Direct(g) if g.dense => {
+            let data = patch.tap_model(model, node.inputs[0])?;
+            let packed = pack_dense(&g, &konst(1)?, &konst(2)?)?;
+            let op = BlockedDense {
+                geometry: g,
+                clip,
+                isa,
+            };
+            (Box::new(op), data, packed, output_planes(&g))
+        }
+        Layer::Direct(g) => {
+            let data = blocked_input(model, &mut patch, node.inputs[0], input_planes(&g))?;
+            let taps = g.kernel_h * g.kernel_w;
+            let packed = pack_taps(&konst(1)?, &konst(2)?, g.channels, taps)?;
+            let op = BlockedDepthwise {
+                geometry: g,
+                clip,
+                isa,
+            };
+            (Box::new(op), data, packed, output_planes(&g))
+        }
+        Layer::Pointwise(found) => {
+            let s = &found.shape;
+            let input = Planes {
+                batched: s.batched,
+                channels: s.inputs,
+                height: s.height,
+                width: s.width,
+            };
+            let shape = PointwiseShape {
+                input,
+                outputs: s.outputs,
+            };
+            let data = blocked_input(model, &mut patch, node.inputs[0], input)?;
+            let packed = pack_pointwise(&shape, &found.kernel, &found.bias)?;
+            let op = BlockedPointwise { shape, clip, isa };
+            (Box::new(op), data, packed, shape.output())
+        }
+    };
+    let weights = patch.add_const(format!("{name}.blocked_weights"), weights)?;
+    let bias = patch.add_const(format!("{name}.blocked_bias"), bias)?;
+    let blocks = patch.wire_node(name, op, &[data, weights, bias])?[0];
+    let planes = patch.wire_node(format!("{name}.planes"), FromBlocked(output), &[blocks])?;
+    patch.shunt_outside(model, last, planes[0])?;
+    Ok(patch)
+}
+
+/// `outlet` (an image of `planes`) in blocks, in `patch`: the blocks themselves when it
+/// is a [`blocked::FromBlocked`] of them, else a [`blocked::ToBlocked`] of it.
+#[cfg(target_arch = "x86_64")]
+fn blocked_input(
+    model: &TypedModel,
+    patch: &mut TypedModelPatch,
+    outlet: OutletId,
+    planes: blocked::Planes,
+) -> TractResult<OutletId> {
+    let producer = model.node(outlet.node);
+    if let Some(from) = producer.op_as::<blocked::FromBlocked>() {
+        if from.0 == planes {
+            return patch.tap_model(model, producer.inputs[0]);
+        }
+    }
+    let tap = patch.tap_model(model, outlet)?;
+    let name = format!("{}.blocks", producer.name);
+    Ok(patch.wire_node(name, blocked::ToBlocked(planes), &[tap])?[0])
+}
+
+/// The patch moving a residual addition of two blocked layers' outputs onto their blocks,
+/// if `node` is one: an `Add` is elementwise, so adding the blocks is adding the planes,
+/// and the next layer can read the sum's blocks without a conversion.
+#[cfg(target_arch = "x86_64")]
+fn blocked_add(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    use tract_onnx::tract_core::ops::math::Add;
+    let is_add = node
+        .op_as::<TypedBinOp>()
+        .is_some_and(|op| op.0.is::<Add>());
+    if !is_add || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let producers = [0, 1].map(|i| model.node(node.inputs[i].node));
+    let [Some(a), Some(b)] = producers.map(|p| p.op_as::<blocked::FromBlocked>()) else {
+        return Ok(None);
+    };
+    let same = a.0 == b.0
+        && model
+            .outlet_fact(OutletId::new(node.id, 0))?
+            .shape
+            .as_concrete()
+            == Some(&a.0.planar_shape());
+    if !same {
+        return Ok(None);
+    }
+    let mut patch = TypedModelPatch::default();
+    let blocks = [
+        patch.tap_model(model, producers[0].inputs[0])?,
+        patch.tap_model(model, producers[1].inputs[0])?,
+    ];
+    let sum = patch.wire_node(&node.name, node.op.clone(), &blocks)?[0];
+    let name = format!("{}.planes", node.name);
+    let planes = patch.wire_node(name, blocked::FromBlocked(a.0), &[sum])?[0];
+    patch.shunt_outside(model, OutletId::new(node.id, 0), planes)?;
+    Ok(Some(patch))
 }
 
 /// A layer one of flowers' ops can run, with what that op needs.
@@ -183,6 +337,18 @@ mod tests {
         )
     }
 
+    /// The clamp a node of flowers' applies, if it is one of its convolutions.
+    pub(crate) fn fused_clip_of(node: &TypedNode) -> Option<Clip> {
+        let clip = node.op_as::<DirectConv>().map(|d| d.clip);
+        let clip = clip.or_else(|| node.op_as::<PointwiseConv>().map(|p| p.clip));
+        #[cfg(target_arch = "x86_64")]
+        let clip = clip
+            .or_else(|| node.op_as::<blocked::BlockedDense>().map(|d| d.clip))
+            .or_else(|| node.op_as::<blocked::BlockedDepthwise>().map(|d| d.clip))
+            .or_else(|| node.op_as::<blocked::BlockedPointwise>().map(|p| p.clip));
+        clip
+    }
+
     /// Every path this machine can run (AVX2, AVX-512, and the 512-bit kernels with
     /// emulated lanes) against tract's own plan, on a real photo.
     #[test]
@@ -200,15 +366,15 @@ mod tests {
         let run = |kernels| {
             let (replaced, plan) = backbone_plan(kernels);
             // Every one of those layers is followed by ReLU6, fused in.
-            let fused = plan.model().nodes().iter();
-            let fused = fused.filter(|n| {
-                let clip = n
-                    .op_as::<DirectConv>()
-                    .map(|d| d.clip)
-                    .or_else(|| n.op_as::<PointwiseConv>().map(|p| p.clip));
-                clip.is_some_and(|c| c != Clip::default())
-            });
-            assert_eq!(fused.count(), replaced);
+            let nodes = plan.model().nodes();
+            let fused = nodes.iter().filter_map(fused_clip_of);
+            assert_eq!(fused.filter(|&c| c != Clip::default()).count(), replaced);
+            // Blocked from the stem on, back to planes once, for the pooling.
+            let named = |name: &str| nodes.iter().filter(|n| n.op.name() == name).count();
+            if let Kernels::Avx2(_) = kernels {
+                assert_eq!(named("FlowersFromBlocked"), 1);
+                assert_eq!(named("FlowersToBlocked"), 0);
+            }
             let output = plan.run(tvec!(input.clone().into())).unwrap();
             let values: Vec<f32> = output[0]
                 .to_plain_array_view::<f32>()
@@ -239,6 +405,61 @@ mod tests {
                 largest < 1e-4,
                 "{kernels:?}: bottlenecks differ by {largest}"
             );
+        }
+    }
+
+    /// A residual block with channel counts that are not multiples of 8, 3x3 and 5x5
+    /// depthwise layers and odd image sizes (`tests/fixtures/onnx`): every path against
+    /// tract's plan, and on the blocked path the residual `Add` on blocks, so the planes
+    /// come back only for the pooling.
+    #[test]
+    fn a_residual_block_gives_tracts_result_on_every_path() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/onnx/residual_block.onnx"
+        );
+        let input: Tensor =
+            tract_ndarray::Array4::<f32>::from_shape_fn((1, 3, 37, 41), |(_, c, y, x)| {
+                ((c * 31 + y * 7 + x * 3) % 17) as f32 / 8.0 - 1.0
+            })
+            .into();
+        let run = |kernels| {
+            let mut model = tract_onnx::onnx()
+                .model_for_path(path)
+                .unwrap()
+                .into_typed()
+                .unwrap();
+            let replaced = apply_kernels(&mut model, kernels).unwrap();
+            let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+            let nodes = plan.model().nodes();
+            let named = |name: &str| nodes.iter().filter(|n| n.op.name() == name).count();
+            let conversions = (named("FlowersFromBlocked"), named("FlowersToBlocked"));
+            let output = plan.run(tvec!(input.clone().into())).unwrap();
+            let values = output[0].to_plain_array_view::<f32>().unwrap();
+            (
+                replaced,
+                conversions,
+                values.iter().copied().collect::<Vec<f32>>(),
+            )
+        };
+        let (_, _, tracts) = run(Kernels::Portable);
+        assert_eq!(tracts.len(), 24);
+        assert!(
+            tracts.iter().filter(|&&v| v > 0.01).count() > 12,
+            "{tracts:?}"
+        );
+        for kernels in Kernels::supported().into_iter().skip(1) {
+            let (replaced, conversions, ours) = run(kernels);
+            assert_eq!(replaced, 9, "{kernels:?}");
+            if let Kernels::Avx2(_) = kernels {
+                assert_eq!(conversions, (1, 0), "{kernels:?}");
+            }
+            for (a, b) in tracts.iter().zip(&ours) {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{kernels:?}: {tracts:?} against {ours:?}"
+                );
+            }
         }
     }
 }

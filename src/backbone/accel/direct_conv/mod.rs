@@ -126,7 +126,7 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     /// Whether every size the kernels divide by or count down from is at least one.
-    fn is_valid(&self) -> bool {
+    pub(crate) fn is_valid(&self) -> bool {
         [self.out_h, self.out_w, self.stride_h, self.stride_w]
             .iter()
             .chain(&[self.kernel_h, self.kernel_w, self.channels, self.inputs])
@@ -568,11 +568,11 @@ fn rows(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The definition, written as plainly as possible.
-    fn reference(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+    pub(crate) fn reference(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; g.channels * g.out_h * g.out_w];
         let planes = g.planes_per_output();
         for c in 0..g.channels {
@@ -604,7 +604,12 @@ mod tests {
         out
     }
 
-    fn geometry(size: (usize, usize), kernel: usize, stride: usize, pads: [usize; 4]) -> Geometry {
+    pub(crate) fn geometry(
+        size: (usize, usize),
+        kernel: usize,
+        stride: usize,
+        pads: [usize; 4],
+    ) -> Geometry {
         let [top, left, bottom, right] = pads;
         Geometry {
             batched: true,
@@ -624,7 +629,7 @@ mod tests {
         }
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
             .collect()

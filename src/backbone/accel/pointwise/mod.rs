@@ -131,9 +131,26 @@ impl Pointwise {
 /// A layer [`PointwiseConv`] can take over, found by [`eligible`].
 pub(crate) struct Eligible {
     pub shape: Pointwise,
+    /// The kernel, `outputs x inputs`, row-major.
+    pub kernel: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Eligible {
     /// The weights and bias laid out by [`pack_weights`].
-    pub weights: Tensor,
-    pub bias: Tensor,
+    pub fn packed(&self) -> TractResult<(Tensor, Tensor)> {
+        let shape = &self.shape;
+        let mut packed = Tensor::zero::<f32>(&[shape.bands() * shape.inputs * shape.band()])?;
+        let mut padded = Tensor::zero::<f32>(&[shape.bands() * shape.band()])?;
+        pack_weights(
+            shape,
+            &self.kernel,
+            &self.bias,
+            packed.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+            padded.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        );
+        Ok((packed, padded))
+    }
 }
 
 /// `node` as a pointwise layer, if it is one this op can run: a float 1x1 `Conv` with unit
@@ -191,22 +208,12 @@ pub(crate) fn eligible(model: &TypedModel, node: &TypedNode) -> TractResult<Opti
         height,
         width,
     };
-    let kernel = kernel.try_as_plain_ram()?;
-    let bias = bias.try_as_plain_ram()?;
-    let (kernel, bias) = (kernel.as_slice::<f32>()?, bias.as_slice::<f32>()?);
-    let mut packed = Tensor::zero::<f32>(&[shape.bands() * inputs * shape.band()])?;
-    let mut padded = Tensor::zero::<f32>(&[shape.bands() * shape.band()])?;
-    pack_weights(
-        &shape,
-        kernel,
-        bias,
-        packed.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        padded.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-    );
+    let kernel = kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
     Ok(Some(Eligible {
         shape,
-        weights: packed,
-        bias: padded,
+        kernel,
+        bias,
     }))
 }
 

@@ -1,0 +1,159 @@
+//! The stem on blocked activations: a dense convolution reading a few channel-first planes
+//! (RGB) and writing blocks, so the network is blocked from its first layer on.
+//!
+//! The planes are copied once into a zero-padded scratch, so every tap reads inside it;
+//! each output pixel then broadcasts its taps' inputs and multiplies them by the weights of
+//! four output blocks at a time.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use super::depthwise::output_planes;
+use super::{groups, x86_64_avx2, BLOCK, DENSE_GROUP};
+use crate::backbone::accel::cpu::Avx2Fma;
+use crate::backbone::accel::direct_conv::Geometry;
+use crate::backbone::accel::op::{eval_f32, Clip};
+
+/// Taps of one output channel: every input plane's `KH x KW`.
+pub(crate) fn taps(g: &Geometry) -> usize {
+    g.inputs * g.kernel_h * g.kernel_w
+}
+
+/// Rows and columns of the padded input some output reads.
+fn padded(g: &Geometry) -> (usize, usize) {
+    (
+        (g.out_h - 1) * g.stride_h + g.kernel_h,
+        (g.out_w - 1) * g.stride_w + g.kernel_w,
+    )
+}
+
+/// Copies the input planes into `scratch` (`inputs x rows x cols`, zeroed), shifted by
+/// the padding; what no output reads is left out.
+fn fill(g: &Geometry, data: &[f32], (rows, cols): (usize, usize), scratch: &mut [f32]) {
+    let width = g.width.min(cols.saturating_sub(g.pad_left));
+    for (plane, padded) in data
+        .chunks_exact(g.height * g.width)
+        .zip(scratch.chunks_exact_mut(rows * cols))
+    {
+        for (y, row) in plane.chunks_exact(g.width).enumerate() {
+            let start = (y + g.pad_top) * cols;
+            let Some(padded) = padded.get_mut(start..start + cols) else {
+                break;
+            };
+            padded[g.pad_left..][..width].copy_from_slice(&row[..width]);
+        }
+    }
+}
+
+/// Lays the kernel (`channels x taps`, OIHW) and bias out for [`convolve`].
+pub(crate) fn pack(g: &Geometry, kernel: &[f32], bias: &[f32]) -> TractResult<(Tensor, Tensor)> {
+    let taps = taps(g);
+    super::pack_grouped(kernel, bias, (g.channels, taps), taps, DENSE_GROUP)
+}
+
+/// Runs the layer: `data` channel-first (`inputs x H x W`), `weights` and `bias` as
+/// [`pack`] lays them out, `output` blocked. Slices of
+/// the wrong length panic here, before any kernel runs.
+pub(crate) fn convolve(
+    isa: Avx2Fma,
+    g: &Geometry,
+    clip: (f32, f32),
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    let out = output_planes(g);
+    assert!(g.dense && g.is_valid() && data.len() == g.inputs * g.height * g.width);
+    assert!(weights.len() == out.blocks() * BLOCK * taps(g) && bias.len() == out.blocks() * BLOCK);
+    assert!(output.len() == out.blocked_len());
+    let (rows, cols) = padded(g);
+    SCRATCH.with_borrow_mut(|scratch| {
+        // Zeroed again each time: the padding must be zero, and the buffer may have held
+        // another geometry's planes.
+        scratch.clear();
+        scratch.resize(g.inputs * rows * cols, 0.0);
+        fill(g, data, (rows, cols), scratch);
+        let (per_block, plane) = (taps(g) * BLOCK, out.pixels() * BLOCK);
+        for (first, count) in groups(out.blocks(), DENSE_GROUP) {
+            x86_64_avx2::dense_group(
+                isa,
+                g,
+                scratch,
+                (rows, cols),
+                &weights[first * per_block..][..count * per_block],
+                &bias[first * BLOCK..][..count * BLOCK],
+                clip,
+                &mut output[first * plane..][..count * plane],
+            );
+        }
+    });
+}
+
+thread_local! {
+    /// The padded planes, kept from one image to the next: a fresh allocation of this size
+    /// comes from the system as new pages, each faulted in on first touch.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The node: inputs are the channel-first data, the weights and bias as [`pack`] lays
+/// them out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BlockedDense {
+    pub geometry: Geometry,
+    /// The clamp applied as outputs are stored (a fused ReLU6).
+    pub clip: Clip,
+    pub isa: Avx2Fma,
+}
+
+impl Op for BlockedDense {
+    fn name(&self) -> StaticName {
+        "FlowersBlockedDense".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}", self.geometry)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for BlockedDense {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shape = output_planes(&self.geometry).blocked_shape();
+        // SAFETY: `convolve` writes every output: every pixel of every group of blocks (its
+        // asserts match `output` to the geometry).
+        unsafe {
+            eval_f32(inputs, &shape, |data, weights, bias, output| {
+                let clip = self.clip.bounds();
+                convolve(self.isa, &self.geometry, clip, data, weights, bias, output)
+            })
+        }
+    }
+}
+
+impl TypedOp for BlockedDense {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 3,
+            "a convolution takes data, kernel and bias"
+        );
+        Ok(tvec!(f32::fact(
+            output_planes(&self.geometry).blocked_shape()
+        )))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let g = &self.geometry;
+        let fmas = g.channels * g.out_h * g.out_w * taps(g);
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.into())))
+    }
+
+    as_op!();
+}

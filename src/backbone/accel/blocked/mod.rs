@@ -1,0 +1,272 @@
+//! flowers' ops on activations kept in blocks of eight channels, from the stem to the last
+//! layer, with AVX2 and FMA.
+//!
+//! Why: the channel-first ops ([`super::direct_conv`], [`super::pointwise`]) must pack
+//! each pointwise layer's pixels into panels, transpose small images' tiles on their way
+//! out, read up to a hundred and more input planes side by side, and split each depthwise
+//! plane into column phases. All of it is moving data, not computing, and it is where
+//! they lost to onnxruntime per image (BENCHMARKS.md). With the channels in blocks of
+//! eight, an AVX2 register holds eight channels of one pixel wherever it is in the image:
+//! a pointwise layer broadcasts one input channel of a pixel and multiplies it by eight
+//! output channels' weights; a depthwise tap is one multiply for eight channels, whatever
+//! the stride; every store is a whole vector. onnxruntime keeps the same layout ("NCHWc").
+//!
+//! Layout: `C` channels of an `H x W` image become `[ceil(C / 8), H, W, 8]` (with the
+//! leading batch axis of 1 when the model has one): channel `c` of pixel `(y, x)` is at
+//! `((c / 8 * H + y) * W + x) * 8 + c % 8`. The lanes past `C` in the last block are
+//! finite (computed from zero weights, or zero), never read as values.
+//!
+//! The graph: [`super::apply`] swaps the stem (channel-first RGB in, blocks out), every
+//! depthwise and pointwise layer, and the residual additions between them (tract's own
+//! `Add`, which is elementwise and indifferent to the layout); [`FromBlocked`] turns the
+//! blocks back into planes wherever anything else reads them (the final pooling), and
+//! [`ToBlocked`] turns planes into blocks wherever a blocked op reads a layer that is not
+//! one.
+
+mod dense;
+mod depthwise;
+mod pointwise;
+#[cfg(test)]
+mod tests;
+mod x86_64_avx2;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+pub(crate) use dense::{pack as pack_dense, BlockedDense};
+pub(crate) use depthwise::{input_planes, output_planes, BlockedDepthwise};
+pub(crate) use pointwise::{pack as pack_pointwise, BlockedPointwise, Shape as PointwiseShape};
+
+/// Channels per block: the lanes of an AVX2 vector.
+pub(crate) const BLOCK: usize = 8;
+
+/// The image a blocked tensor holds, and the channel-first shape it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Planes {
+    /// Whether the channel-first tensor has a leading batch axis of 1.
+    pub batched: bool,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Planes {
+    pub fn blocks(&self) -> usize {
+        self.channels.div_ceil(BLOCK)
+    }
+
+    pub fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Floats in the blocked tensor.
+    pub fn blocked_len(&self) -> usize {
+        self.blocks() * self.pixels() * BLOCK
+    }
+
+    /// The channel-first shape, as tract's ops see it.
+    pub fn planar_shape(&self) -> Vec<usize> {
+        let mut shape = vec![self.channels, self.height, self.width];
+        if self.batched {
+            shape.insert(0, 1);
+        }
+        shape
+    }
+
+    /// The blocked shape flowers' ops exchange.
+    pub fn blocked_shape(&self) -> Vec<usize> {
+        let mut shape = vec![self.blocks(), self.height, self.width, BLOCK];
+        if self.batched {
+            shape.insert(0, 1);
+        }
+        shape
+    }
+}
+
+/// Lays channel-first planes into blocks ([`Planes`]); the lanes past the channels are
+/// zero. Plain Rust: in the shared backbones nothing needs it (the stem writes blocks), so
+/// it is the fallback for graphs where a blocked op reads some other op's output.
+pub(crate) fn to_blocked(planes: &Planes, data: &[f32], blocked: &mut [f32]) {
+    let pixels = planes.pixels();
+    assert!(data.len() == planes.channels * pixels && blocked.len() == planes.blocked_len());
+    blocked.fill(0.0);
+    for (c, plane) in data.chunks_exact(pixels.max(1)).enumerate() {
+        let block = &mut blocked[c / BLOCK * pixels * BLOCK..][..pixels * BLOCK];
+        for (p, &value) in plane.iter().enumerate() {
+            block[p * BLOCK + c % BLOCK] = value;
+        }
+    }
+}
+
+/// The inverse of [`to_blocked`]: the planes of the real channels.
+pub(crate) fn from_blocked(planes: &Planes, blocked: &[f32], data: &mut [f32]) {
+    let pixels = planes.pixels();
+    assert!(data.len() == planes.channels * pixels && blocked.len() == planes.blocked_len());
+    for (c, plane) in data.chunks_exact_mut(pixels.max(1)).enumerate() {
+        let block = &blocked[c / BLOCK * pixels * BLOCK..][..pixels * BLOCK];
+        for (p, value) in plane.iter_mut().enumerate() {
+            *value = block[p * BLOCK + c % BLOCK];
+        }
+    }
+}
+
+/// Turns channel-first planes into blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ToBlocked(pub Planes);
+
+/// Turns blocks back into channel-first planes, for the ops that are not flowers'.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FromBlocked(pub Planes);
+
+/// The `Op`, `EvalOp` and `TypedOp` of a layout conversion: `$convert` from `$from` to
+/// `$to` shapes.
+macro_rules! conversion_op {
+    ($op:ident, $name:literal, $convert:ident, $from:ident, $to:ident) => {
+        impl Op for $op {
+            fn name(&self) -> StaticName {
+                $name.into()
+            }
+
+            fn info(&self) -> TractResult<Vec<String>> {
+                Ok(vec![format!("{:?}", self.0)])
+            }
+
+            op_as_typed_op!();
+        }
+
+        impl EvalOp for $op {
+            op_out_of_plan!();
+
+            fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+                let input = args_1!(inputs);
+                let input = input.try_as_plain_ram()?;
+                let mut output = Tensor::zero::<f32>(&self.0.$to())?;
+                $convert(
+                    &self.0,
+                    input.as_slice::<f32>()?,
+                    output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+                );
+                Ok(tvec!(output.into_tvalue()))
+            }
+        }
+
+        impl TypedOp for $op {
+            fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+                ensure!(
+                    inputs.len() == 1 && inputs[0].shape.as_concrete() == Some(&self.0.$from()),
+                    "{} expects {:?}",
+                    $name,
+                    self.0.$from()
+                );
+                Ok(tvec!(f32::fact(self.0.$to())))
+            }
+
+            as_op!();
+        }
+    };
+}
+
+conversion_op!(
+    ToBlocked,
+    "FlowersToBlocked",
+    to_blocked,
+    planar_shape,
+    blocked_shape
+);
+conversion_op!(
+    FromBlocked,
+    "FlowersFromBlocked",
+    from_blocked,
+    blocked_shape,
+    planar_shape
+);
+
+/// Lays a convolution's weights for the blocked kernels: `kernel` is `channels x taps`
+/// (OIHW with the input and spatial axes flattened), the result `[blocks][taps][8]`, the
+/// lanes past `channels` zero; the bias is padded to whole blocks.
+pub(crate) fn pack_taps(
+    kernel: &[f32],
+    bias: &[f32],
+    channels: usize,
+    taps: usize,
+) -> TractResult<(Tensor, Tensor)> {
+    ensure!(kernel.len() == channels * taps && bias.len() == channels);
+    let blocks = channels.div_ceil(BLOCK);
+    let mut packed = vec![0f32; blocks * taps * BLOCK];
+    for (c, row) in kernel.chunks_exact(taps.max(1)).enumerate() {
+        for (t, &w) in row.iter().enumerate() {
+            packed[((c / BLOCK) * taps + t) * BLOCK + c % BLOCK] = w;
+        }
+    }
+    let mut padded = vec![0f32; blocks * BLOCK];
+    padded[..channels].copy_from_slice(bias);
+    Ok((
+        tensor1(&packed).into_shape(&[blocks, taps, BLOCK])?,
+        tensor1(&padded),
+    ))
+}
+
+/// Output blocks a pointwise tile takes: two blocks of six pixels keep twelve
+/// accumulators, and with the two blocks' weights and a broadcast input, 15 of the 16
+/// AVX2 registers. Tiles of three and four blocks (of four and three pixels) need 16 and
+/// 17 registers, and the compiler spilled them to the stack (BENCHMARKS.md).
+pub(crate) const POINTWISE_GROUP: usize = 2;
+
+/// Output blocks a stem tile takes: four blocks of three pixels. The stem reads its input
+/// once per group, with broadcasts at the stride's step, and that read costs more than
+/// the spill (BENCHMARKS.md).
+pub(crate) const DENSE_GROUP: usize = 4;
+
+/// The output blocks each tile takes, in order, as `(first block, count)`: groups of `max`
+/// blocks, the remainder split so no group has a single block when it can be avoided (a
+/// single block keeps few accumulators busy per weight loaded).
+pub(crate) fn groups(blocks: usize, max: usize) -> Vec<(usize, usize)> {
+    let max = max.max(1);
+    let mut groups = Vec::new();
+    let mut first = 0;
+    while first < blocks {
+        let left = blocks - first;
+        let count = if left == max + 1 && max > 2 {
+            max - 1
+        } else {
+            left.min(max)
+        };
+        groups.push((first, count));
+        first += count;
+    }
+    groups
+}
+
+/// Lays `kernel` (`outputs x inputs`, row-major) out for the tiles of [`groups`] of at most
+/// `max` blocks: the group starting at block `b` holds `[input][block of the group][8]`
+/// from `b * 8 * rows` on, `rows >= inputs` inputs per output (the rows past `inputs`
+/// zero, as are the channels past `outputs`); the bias is padded to whole blocks.
+pub(crate) fn pack_grouped(
+    kernel: &[f32],
+    bias: &[f32],
+    (outputs, inputs): (usize, usize),
+    rows: usize,
+    max: usize,
+) -> TractResult<(Tensor, Tensor)> {
+    ensure!(kernel.len() == inputs * outputs && bias.len() == outputs && rows >= inputs);
+    let blocks = outputs.div_ceil(BLOCK);
+    let mut packed = vec![0f32; blocks * BLOCK * rows];
+    for (first, count) in groups(blocks, max) {
+        let group = &mut packed[first * BLOCK * rows..][..count * BLOCK * rows];
+        for (i, row) in group
+            .chunks_exact_mut(count * BLOCK)
+            .enumerate()
+            .take(inputs)
+        {
+            for (j, w) in row.iter_mut().enumerate() {
+                let o = first * BLOCK + j;
+                if o < outputs {
+                    *w = kernel[o * inputs + i];
+                }
+            }
+        }
+    }
+    let mut padded = vec![0f32; blocks * BLOCK];
+    padded[..outputs].copy_from_slice(bias);
+    Ok((tensor1(&packed), tensor1(&padded)))
+}

@@ -1,0 +1,140 @@
+//! The pointwise (1x1) convolution on blocked activations.
+//!
+//! Output block `o` of pixel `p` is `clamp(bias + sum over input channels i of
+//! weights[o][i] x input[i][p])`: each input channel of a pixel is broadcast to a register
+//! and multiplied by the eight weights of an output block. A tile keeps up to four output
+//! blocks of a few pixels in twelve registers; the weights are packed when the plan is
+//! built, a group of output blocks at a time, input-major, so the tile reads them as one
+//! stream, and the pixels are read where they are, no packing, no transposes.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use super::{groups, pack_grouped, x86_64_avx2, Planes, BLOCK, POINTWISE_GROUP};
+use crate::backbone::accel::cpu::Avx2Fma;
+use crate::backbone::accel::op::{eval_f32, Clip};
+
+/// One pointwise layer on blocked activations, fixed when the plan is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Shape {
+    /// The input image (its channels are the layer's inputs).
+    pub input: Planes,
+    pub outputs: usize,
+}
+
+impl Shape {
+    pub fn output(&self) -> Planes {
+        Planes {
+            channels: self.outputs,
+            ..self.input
+        }
+    }
+
+    /// Input channels the weights are laid out for: whole blocks.
+    fn padded_inputs(&self) -> usize {
+        self.input.blocks() * BLOCK
+    }
+
+    pub fn weights_len(&self) -> usize {
+        self.output().blocks() * BLOCK * self.padded_inputs()
+    }
+
+    pub fn groups(&self) -> Vec<(usize, usize)> {
+        groups(self.output().blocks(), POINTWISE_GROUP)
+    }
+}
+
+/// Packs `kernel` (`outputs x inputs`, row-major) and `bias` for [`convolve`] (see
+/// [`pack_grouped`]).
+pub(crate) fn pack(shape: &Shape, kernel: &[f32], bias: &[f32]) -> TractResult<(Tensor, Tensor)> {
+    let (inputs, outputs) = (shape.input.channels, shape.outputs);
+    pack_grouped(
+        kernel,
+        bias,
+        (outputs, inputs),
+        shape.padded_inputs(),
+        POINTWISE_GROUP,
+    )
+}
+
+/// Runs the layer: `data` and `output` blocked, `weights` and `bias` as [`pack`] lays them
+/// out. Slices of the wrong length panic here, before any kernel runs.
+pub(crate) fn convolve(
+    isa: Avx2Fma,
+    shape: &Shape,
+    clip: (f32, f32),
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    let out = shape.output();
+    assert!(data.len() == shape.input.blocked_len() && output.len() == out.blocked_len());
+    assert!(weights.len() == shape.weights_len() && bias.len() == out.blocks() * BLOCK);
+    let (pixels, padded_inputs) = (shape.input.pixels(), shape.padded_inputs());
+    for (first, count) in shape.groups() {
+        let weights = &weights[first * BLOCK * padded_inputs..][..count * BLOCK * padded_inputs];
+        let bias = &bias[first * BLOCK..][..count * BLOCK];
+        let output = &mut output[first * pixels * BLOCK..][..count * pixels * BLOCK];
+        x86_64_avx2::pointwise_group(isa, pixels, data, weights, bias, clip, output);
+    }
+}
+
+/// The node: inputs are the blocked data, the weights and bias as [`pack`] lays them out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BlockedPointwise {
+    pub shape: Shape,
+    /// The clamp applied as outputs are stored (a fused ReLU6).
+    pub clip: Clip,
+    pub isa: Avx2Fma,
+}
+
+impl Op for BlockedPointwise {
+    fn name(&self) -> StaticName {
+        "FlowersBlockedPointwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}", self.shape)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for BlockedPointwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shape = self.shape.output().blocked_shape();
+        // SAFETY: `convolve` writes every output: each group's blocks over every pixel (its
+        // asserts match `output` to the shape).
+        unsafe {
+            eval_f32(inputs, &shape, |data, weights, bias, output| {
+                let clip = self.clip.bounds();
+                convolve(self.isa, &self.shape, clip, data, weights, bias, output)
+            })
+        }
+    }
+}
+
+impl TypedOp for BlockedPointwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.len() == 3,
+            "a pointwise convolution takes data, packed weights and bias"
+        );
+        Ok(tvec!(f32::fact(self.shape.output().blocked_shape())))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let s = &self.shape;
+        let fmas = s.outputs * s.input.channels * s.input.pixels();
+        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.into())))
+    }
+
+    as_op!();
+}
