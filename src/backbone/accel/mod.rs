@@ -91,11 +91,7 @@ fn swap(
     layer: Layer,
     kernels: Kernels,
 ) -> TractResult<TypedModelPatch> {
-    let unclamped = OutletId::new(node.id, 0);
-    let (clip, last) = match fused_clip(model, unclamped)? {
-        Some((low, high, last)) => (Clip::new(low, high), last),
-        None => (Clip::default(), unclamped),
-    };
+    let (clip, last) = clamp_after(model, node)?;
     let mut patch = TypedModelPatch::default();
     let mut inputs = patch.taps(model, &node.inputs)?;
     let op: Box<dyn TypedOp> = match layer {
@@ -135,11 +131,7 @@ fn blocked_swap(
     isa: cpu::Avx2Fma,
 ) -> TractResult<TypedModelPatch> {
     use blocked::*;
-    let unclamped = OutletId::new(node.id, 0);
-    let (clip, last) = match fused_clip(model, unclamped)? {
-        Some((low, high, last)) => (Clip::new(low, high), last),
-        None => (Clip::default(), unclamped),
-    };
+    let (clip, last) = clamp_after(model, node)?;
     let mut patch = TypedModelPatch::default();
     let name = &node.name;
     let konst = |slot: usize| -> TractResult<Vec<f32>> {
@@ -153,7 +145,7 @@ fn blocked_swap(
         Layer::Direct(g) if g.dense => {
             let data = patch.tap_model(model, node.inputs[0])?;
             let packed = pack_dense(&g, &konst(1)?, &konst(2)?)?;
-            let op = BlockedDense {
+            let op = BlockedDirectConv {
                 geometry: g,
                 clip,
                 isa,
@@ -164,7 +156,7 @@ fn blocked_swap(
             let data = blocked_input(model, &mut patch, node.inputs[0], input_planes(&g))?;
             let taps = g.kernel_h * g.kernel_w;
             let packed = pack_taps(&konst(1)?, &konst(2)?, g.channels, taps)?;
-            let op = BlockedDepthwise {
+            let op = BlockedDirectConv {
                 geometry: g,
                 clip,
                 isa,
@@ -269,6 +261,16 @@ impl Layer {
     }
 }
 
+/// The clamp an op replacing `node` takes in, and the outlet whose readers it takes over:
+/// the clamp's output, or `node`'s own when no clamp follows.
+fn clamp_after(model: &TypedModel, node: &TypedNode) -> TractResult<(Clip, OutletId)> {
+    let unclamped = OutletId::new(node.id, 0);
+    Ok(match fused_clip(model, unclamped)? {
+        Some((low, high, last)) => (Clip::new(low, high), last),
+        None => (Clip::default(), unclamped),
+    })
+}
+
 /// The `Max(x, low)` then `Min(x, high)` that follow `outlet` (MobileNet's ReLU6), or a lone
 /// `Max` (ReLU), when nothing else reads the values in between: they can be applied as the
 /// outputs are stored, saving a pass over the layer's output. Returns the bounds and the
@@ -343,8 +345,7 @@ mod tests {
         let clip = clip.or_else(|| node.op_as::<PointwiseConv>().map(|p| p.clip));
         #[cfg(target_arch = "x86_64")]
         let clip = clip
-            .or_else(|| node.op_as::<blocked::BlockedDense>().map(|d| d.clip))
-            .or_else(|| node.op_as::<blocked::BlockedDepthwise>().map(|d| d.clip))
+            .or_else(|| node.op_as::<blocked::BlockedDirectConv>().map(|d| d.clip))
             .or_else(|| node.op_as::<blocked::BlockedPointwise>().map(|p| p.clip));
         clip
     }

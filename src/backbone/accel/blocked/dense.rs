@@ -6,13 +6,11 @@
 //! four output blocks at a time.
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::*;
 
-use super::depthwise::output_planes;
+use super::direct::output_planes;
 use super::{groups, x86_64_avx2, BLOCK, DENSE_GROUP};
 use crate::backbone::accel::cpu::Avx2Fma;
 use crate::backbone::accel::direct_conv::Geometry;
-use crate::backbone::accel::op::{eval_f32, Clip};
 
 /// Taps of one output channel: every input plane's `KH x KW`.
 pub(crate) fn taps(g: &Geometry) -> usize {
@@ -94,66 +92,4 @@ thread_local! {
     /// The padded planes, kept from one image to the next: a fresh allocation of this size
     /// comes from the system as new pages, each faulted in on first touch.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The node: inputs are the channel-first data, the weights and bias as [`pack`] lays
-/// them out.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct BlockedDense {
-    pub geometry: Geometry,
-    /// The clamp applied as outputs are stored (a fused ReLU6).
-    pub clip: Clip,
-    pub isa: Avx2Fma,
-}
-
-impl Op for BlockedDense {
-    fn name(&self) -> StaticName {
-        "FlowersBlockedDense".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}", self.geometry)])
-    }
-
-    fn validation(&self) -> Validation {
-        Validation::Rounding
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for BlockedDense {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let shape = output_planes(&self.geometry).blocked_shape();
-        // SAFETY: `convolve` writes every output: every pixel of every group of blocks (its
-        // asserts match `output` to the geometry).
-        unsafe {
-            eval_f32(inputs, &shape, |data, weights, bias, output| {
-                let clip = self.clip.bounds();
-                convolve(self.isa, &self.geometry, clip, data, weights, bias, output)
-            })
-        }
-    }
-}
-
-impl TypedOp for BlockedDense {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 3,
-            "a convolution takes data, kernel and bias"
-        );
-        Ok(tvec!(f32::fact(
-            output_planes(&self.geometry).blocked_shape()
-        )))
-    }
-
-    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let g = &self.geometry;
-        let fmas = g.channels * g.out_h * g.out_w * taps(g);
-        Ok(tvec!((Cost::FMA(f32::datum_type()), fmas.into())))
-    }
-
-    as_op!();
 }

@@ -25,6 +25,7 @@
 
 mod dense;
 mod depthwise;
+mod direct;
 mod pointwise;
 #[cfg(test)]
 mod tests;
@@ -33,8 +34,8 @@ mod x86_64_avx2;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-pub(crate) use dense::{pack as pack_dense, BlockedDense};
-pub(crate) use depthwise::{input_planes, output_planes, BlockedDepthwise};
+pub(crate) use dense::pack as pack_dense;
+pub(crate) use direct::{input_planes, output_planes, BlockedDirectConv};
 pub(crate) use pointwise::{pack as pack_pointwise, BlockedPointwise, Shape as PointwiseShape};
 
 /// Channels per block: the lanes of an AVX2 vector.

@@ -23,6 +23,12 @@ fn assert_close(what: &str, ours: &[f32], expected: &[f32], (low, high): (f32, f
     }
 }
 
+/// The floats of a packed tensor.
+fn floats(tensor: &Tensor) -> Vec<f32> {
+    let plain = tensor.try_as_plain_ram().unwrap();
+    plain.as_slice::<f32>().unwrap().to_vec()
+}
+
 const CLIPS: [(f32, f32); 2] = [(f32::NEG_INFINITY, f32::INFINITY), (-0.5, 0.5)];
 
 #[test]
@@ -84,19 +90,11 @@ fn pointwise_matches_the_definition() {
             let mut blocked = vec![0f32; input.blocked_len()];
             to_blocked(&input, &data, &mut blocked);
             let (weights, padded) = pointwise::pack(&shape, &kernel, &bias).unwrap();
-            let weights = weights
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap();
-            let padded = padded
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap();
+            let weights = floats(&weights);
+            let padded = floats(&padded);
             for clip in CLIPS {
                 let mut out = vec![f32::NAN; shape.output().blocked_len()];
-                pointwise::convolve(isa, &shape, clip, &blocked, weights, padded, &mut out);
+                pointwise::convolve(isa, &shape, clip, &blocked, &weights, &padded, &mut out);
                 let what = format!("{shape:?}");
                 assert_close(&what, &planes_of(&shape.output(), &out), &expected, clip);
             }
@@ -149,19 +147,11 @@ fn depthwise_matches_the_definition() {
         let mut blocked = vec![0f32; input.blocked_len()];
         to_blocked(&input, &data, &mut blocked);
         let (packed, padded) = pack_taps(&kernel, &bias, g.channels, taps).unwrap();
-        let packed = packed
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap();
-        let padded = padded
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap();
+        let packed = floats(&packed);
+        let padded = floats(&padded);
         for clip in CLIPS {
             let mut out = vec![f32::NAN; output.blocked_len()];
-            depthwise::convolve(isa, &g, clip, &blocked, packed, padded, &mut out);
+            depthwise::convolve(isa, &g, clip, &blocked, &packed, &padded, &mut out);
             assert_close(
                 &format!("{g:?}"),
                 &planes_of(&output, &out),
@@ -199,19 +189,11 @@ fn dense_matches_the_definition() {
         let (kernel, bias) = (values(channels * taps, 11), values(channels, 13));
         let expected = reference(&g, &data, &kernel, &bias);
         let (weights, padded) = pack_dense(&g, &kernel, &bias).unwrap();
-        let weights = weights
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap();
-        let padded = padded
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap();
+        let weights = floats(&weights);
+        let padded = floats(&padded);
         for clip in CLIPS {
             let mut out = vec![f32::NAN; output.blocked_len()];
-            dense::convolve(isa, &g, clip, &data, weights, padded, &mut out);
+            dense::convolve(isa, &g, clip, &data, &weights, &padded, &mut out);
             assert_close(
                 &format!("{g:?}"),
                 &planes_of(&output, &out),
