@@ -184,17 +184,32 @@ impl Preprocessing {
     }
 
     /// The input tensor whose element at pixel `(y, x)`, channel `c` is `value(y, x, c)`.
+    /// Written in memory order with plain loops: `from_shape_fn` walked a 4-D index per
+    /// element, which profiling put at a few percent of a cold retrain (BENCHMARKS.md).
     fn tensor_of(&self, value: impl Fn(usize, usize, usize) -> f32) -> Tensor {
         let (h, w) = (self.height as usize, self.width as usize);
-        let array = match self.layout {
+        let mut values = Vec::with_capacity(3 * h * w);
+        let shape = match self.layout {
             Layout::Nchw => {
-                tract_ndarray::Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| value(y, x, c))
+                for c in 0..3 {
+                    for y in 0..h {
+                        values.extend((0..w).map(|x| value(y, x, c)));
+                    }
+                }
+                [1, 3, h, w]
             }
             Layout::Nhwc => {
-                tract_ndarray::Array4::from_shape_fn((1, h, w, 3), |(_, y, x, c)| value(y, x, c))
+                for y in 0..h {
+                    for x in 0..w {
+                        values.extend((0..3).map(|c| value(y, x, c)));
+                    }
+                }
+                [1, h, w, 3]
             }
         };
-        array.into()
+        tract_ndarray::Array4::from_shape_vec(shape, values)
+            .expect("3 x height x width values")
+            .into()
     }
 
     /// Turns height x width RGB bytes into the normalised float tensor.
