@@ -19,8 +19,9 @@
 #   cold-retrain peak RSS on a 2-class ~450-image subset vs the whole IMAGE_DIR,
 #   and per-image inference on ONE thread for each shared backbone found in
 #   $SHARED_MODELS (default ../shared/models): bench/onnxruntime_one_thread.py against
-#   `examples/backbone_speed --flowers-only` (on AVX-512 CPUs also with FLOWERS_KERNELS=avx2,
-#   to show what the 512-bit kernels gain), in ONE_THREAD_ROUNDS rounds of back-to-back
+#   `examples/backbone_speed --flowers-only` (on AVX-512 CPUs also with FLOWERS_KERNELS=avx2:
+#   the default there is the channel-first 512-bit ops, avx2 the blocked 256-bit ones; the
+#   faster of the two should be that CPU's default), in ONE_THREAD_ROUNDS rounds of back-to-back
 #   measurements whose order is swapped every round; the ratio is the median of the rounds'.
 # The CPU model and its SIMD flags are printed first: quote them with every figure.
 # Wall time is measured around each whole process, peak RSS with /usr/bin/time (%M).
@@ -233,7 +234,7 @@ if [ -s "$ONE_THREAD" ]; then
     echo
     echo "One thread, ms per image: medians over $ROUNDS rounds, each round both measured back to back, the order swapped every round, each measurement the median of 30 runs; flowers' path: \`FLOWERS_KERNELS\` unset. The ratio is the median of the rounds' ratios, with their quartiles."
     echo
-    echo "| backbone | onnxruntime | flowers | flowers, FLOWERS_KERNELS=avx2 | flowers speed / onnxruntime's | quartiles |"
+    echo "| backbone | onnxruntime | flowers | flowers, FLOWERS_KERNELS=avx2 (blocked) | flowers speed / onnxruntime's | quartiles |"
     echo "|---|---:|---:|---:|---:|---|"
     cat "$ONE_THREAD"
 fi
