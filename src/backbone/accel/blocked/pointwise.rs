@@ -2,10 +2,11 @@
 //!
 //! Output block `o` of pixel `p` is `clamp(bias + sum over input channels i of
 //! weights[o][i] x input[i][p])`: each input channel of a pixel is broadcast to a register
-//! and multiplied by the eight weights of an output block. A tile keeps up to four output
-//! blocks of a few pixels in twelve registers; the weights are packed when the plan is
-//! built, a group of output blocks at a time, input-major, so the tile reads them as one
-//! stream, and the pixels are read where they are, no packing, no transposes.
+//! and multiplied by the eight weights of an output block. A tile keeps two output blocks
+//! of six pixels in twelve registers ([`super::POINTWISE_GROUP`]); the weights are packed
+//! when the plan is built, a group of output blocks at a time, input-major, so the tile
+//! reads them as one stream, and the pixels are read where they are, no packing, no
+//! transposes.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -39,6 +40,7 @@ impl Shape {
         self.output().blocks() * BLOCK * self.padded_inputs()
     }
 
+    /// The groups of output blocks the tiles take, as `(first block, count)`.
     pub fn groups(&self) -> Vec<(usize, usize)> {
         groups(self.output().blocks(), POINTWISE_GROUP)
     }
