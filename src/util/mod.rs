@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod atomic;
+pub mod files;
 pub mod messages;
 pub mod panic_guard;
 pub mod progress;
