@@ -451,6 +451,12 @@ pub struct BackboneArgs {
     )]
     pub model_base_url: Option<String>,
 
+    /// Largest download accepted for an --architecture whose size is not published
+    /// (retrain.py's MobileNets): a server that sends more, or announces more, is cut off
+    /// and nothing is kept [default: 256MiB].
+    #[arg(long, value_name = "SIZE", value_parser = byte_size, env = "FLOWERS_MAX_DOWNLOAD_SIZE")]
+    pub max_download_size: Option<u64>,
+
     /// A backbone file instead of the embedded MobileNet v1: an ONNX image classifier or a
     /// TensorFlow frozen graph (.pb, with --bottleneck-tensor unless known).
     #[arg(long, value_name = "FILE")]
@@ -711,6 +717,7 @@ impl BackboneArgs {
                 model_dir: self.model_dir.clone().unwrap_or_else(default_model_dir),
                 base_url: self.model_base_url.clone(),
                 quiet,
+                max_download_size: self.max_download_size,
             }),
             (None, None) => ModelSource::Embedded,
         }

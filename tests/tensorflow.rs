@@ -81,6 +81,7 @@ fn mobilenet(model_dir: &Path, bottleneck: Option<&str>) -> Backbone {
         // Nothing listens there: the archive in place must be used without a request.
         base_url: Some("http://127.0.0.1:9/".into()),
         quiet: true,
+        max_download_size: None,
     });
     let overrides = Overrides {
         bottleneck_tensor: bottleneck.map(str::to_string),

@@ -6,23 +6,32 @@
 //!
 //! * `<file>`: the archive under the last path segment of its URL
 //!   (`mobilenet_v1_0.25_224_frozen.tgz`), only ever written once verified;
-//! * `<file>.part`: a download in progress, resumed with `Range` on the next try;
+//! * `<file>.part`: a download in progress, and `<file>.part.json`, the URL it came
+//!   from and the server's validator, without which it is never resumed;
 //! * the archive's members, extracted into `model_dir` itself
 //!   (`mobilenet_v1_0.25_224/frozen_graph.pb`), as `tarfile.extractall` did;
-//! * `.<file>.extracted`: written last, says the extraction finished (size and
-//!   checksum of the archive it came from, and the top-level entries it made).
+//! * `.<file>.extracted`: written last, says the archive was verified and extracted
+//!   (size and checksum of the archive, and the top-level entries it made).
 //!
 //! Why each step is done the way it is:
 //!
 //! * A later run with the archive and the marker present prints retrain.py's
 //!   `Not extracting or downloading files, model already present in disk` and makes
 //!   no HTTP request, so an offline machine with a filled `model_dir` keeps working.
-//! * Downloads go to `<file>.part` and get the final name only after the size and
-//!   sha256 check, so a cut connection or a wrong mirror never leaves something
-//!   that looks like a good archive. A mismatching `.part` is deleted.
-//! * Extraction goes into a temporary directory inside `model_dir` and is moved into
-//!   place entry by entry before the marker is written, so an interrupted run never
-//!   leaves a half tree that a later run would trust.
+//! * Nothing gets its final name until it is verified, so a captive portal's page, a
+//!   wrong mirror or a cut connection never leaves something that a later run trusts
+//!   (a poisoned cache): the download stays `<file>.part` until its size and sha256
+//!   match, and an archive with no published sha256 until it was extracted and the
+//!   caller's check (the backbone loads and computes a bottleneck) passed on the
+//!   extracted tree. Extraction goes into a temporary directory inside `model_dir`,
+//!   moved into place entry by entry only then. Whatever a failed try wrote is deleted.
+//! * A file found under the final name without a valid marker (put there by hand, by
+//!   retrain.py, or by an older flowers that kept bad downloads) is verified the same
+//!   way; if it fails it is deleted, with a warning, and downloaded again.
+//! * The network is bounded (see [`Options`]): a size known in advance or a cap,
+//!   checked against `Content-Length` before the body is read and again while it is;
+//!   a minimum rate over a window; an overall deadline. A resume uses `If-Range`, so a
+//!   server whose file changed answers with the whole new file instead of its tail.
 //! * Archives are untrusted (a mirror can be anyone): paths with `..`, absolute
 //!   paths, links of any kind, devices and fifos are refused, and so is an archive
 //!   that unpacks to more than `max_unpacked_bytes` (a gzip bomb), counted both from
@@ -33,39 +42,47 @@
 //!   file by hand or use a mirror, since the usual cause is a machine without
 //!   internet access.
 
+mod transfer;
+
 use std::cell::Cell;
 use std::collections::BTreeSet;
-use std::error::Error as StdError;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
-use std::thread;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reqwest::blocking::Client;
-use reqwest::header::{CONTENT_RANGE, RANGE};
-use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
+
+use crate::util::files::{open_regular, read_regular};
 
 /// What a download failure tells the user to do instead, appended to the error.
 const MANUAL_HINT: &str = "or set --model-base-url / FLOWERS_MODEL_BASE_URL to a mirror";
 
-/// Longest wait between two tries, whatever `Options::backoff` and the try count.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The default of [`Options::max_download_bytes`] (`--max-download-size`): several times
+/// the largest archive without a published size (retrain.py's MobileNets, some tens of
+/// MB), small enough that an endless response cannot fill a disk.
+pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 256 << 20;
+
+/// Largest marker file read back; a real one lists a few entries.
+const MAX_MARKER_BYTES: u64 = 1 << 20;
+
+/// The check a download without a published sha256 must pass before it is kept: given
+/// the extraction root (archives, still in their temporary directory) or the file
+/// itself (single model files). The backbone module supplies one that loads the graph
+/// and computes a bottleneck, so download.rs needs to know nothing about models.
+pub type Verify<'a> = &'a dyn Fn(&Path) -> Result<()>;
 
 /// A model archive to fetch.
 #[derive(Debug, Clone, Copy)]
 pub struct Archive<'a> {
     /// Where to get it; its last path segment is the file name in `model_dir`.
     pub url: &'a str,
-    /// Expected sha256 as hex (either case). `None` skips the check, as retrain.py
-    /// always did; every built-in model should have one.
+    /// Expected sha256 as hex (either case). `None`: the caller's [`Verify`] decides.
     pub sha256: Option<&'a str>,
-    /// Expected size in bytes: gives the progress bar a total when the server sends
-    /// none, and a download of another size is refused.
+    /// Expected size in bytes: a response announcing or sending another size is
+    /// refused, and it gives the progress bar a total when the server sends none.
     pub size: Option<u64>,
 }
 
@@ -73,10 +90,10 @@ pub struct Archive<'a> {
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Connect timeout, and the longest wait for the response head or for any single
-    /// read of the body (not a deadline for the whole download, which may be large).
+    /// read of the body.
     pub timeout: Duration,
     /// How many more tries after the first one on connection errors, timeouts, 5xx,
-    /// 408/429 and cut bodies. Other HTTP errors (404, 403, ...) fail at once.
+    /// 408/429, cut bodies and slow patches. Other HTTP errors (404, 403, ...) fail at once.
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one, at most 30 s.
     pub backoff: Duration,
@@ -85,6 +102,18 @@ pub struct Options {
     pub show_progress: bool,
     /// Refuse archives that unpack to more than this many bytes.
     pub max_unpacked_bytes: u64,
+    /// The most bytes accepted when [`Archive::size`] is unknown: a larger announced
+    /// `Content-Length` is refused before the body is read, an endless body is cut off
+    /// here and deleted.
+    pub max_download_bytes: u64,
+    /// Slowest transfer accepted, in bytes per second averaged over `rate_window` (curl's
+    /// `--speed-limit` and `--speed-time`): a server that sends a byte now and then never
+    /// trips the per-read `timeout`.
+    pub min_rate: u64,
+    pub rate_window: Duration,
+    /// The whole download, every try and wait included, is given up after this long
+    /// (a resumable `.part` is kept for the next run).
+    pub deadline: Duration,
 }
 
 impl Default for Options {
@@ -95,6 +124,10 @@ impl Default for Options {
             backoff: Duration::from_secs(1),
             show_progress: true,
             max_unpacked_bytes: 2 << 30,
+            max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
+            min_rate: 1024,
+            rate_window: Duration::from_secs(30),
+            deadline: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -132,84 +165,165 @@ pub fn mirrored(url: &str, base: Option<&str>) -> String {
 /// `<returned>/mobilenet_v1_0.25_224/frozen_graph.pb`, as retrain.py expected.
 ///
 /// With the archive and its completion marker present this prints retrain.py's
-/// "model already present" line and touches no network. With the archive present
-/// but no marker (an interrupted extraction, or a file put there by hand) it checks
-/// the archive's sha256 and extracts again.
-pub fn ensure_archive(archive: &Archive, model_dir: &Path, opts: &Options) -> Result<PathBuf> {
+/// "model already present" line and touches no network. An archive with no sha256
+/// must also pass `verify` on its extracted tree before anything is kept.
+pub fn ensure_archive(
+    archive: &Archive,
+    model_dir: &Path,
+    opts: &Options,
+    verify: Verify,
+) -> Result<PathBuf> {
     let name = archive_file_name(archive.url)?;
-    let fetched = fetch(archive, name, model_dir, opts, "archive")?;
-    if fetched.ready {
-        return Ok(model_dir.to_path_buf());
-    }
-    let (final_path, marker) = (fetched.path, fetched.marker);
-
-    // No marker while the tree is being replaced: a crash from here on is redone.
-    remove_if_exists(&marker)?;
-    crate::info!(">> Extracting {name} into {}", model_dir.display());
-    let entries = extract_tgz(&final_path, model_dir, opts.max_unpacked_bytes)?;
-    write_marker(&marker, &final_path, &entries)?;
+    let reserved = reserved_names(name);
+    let check = (archive.sha256.is_none()).then_some(verify);
+    let install = |candidate: &Path| {
+        crate::info!(">> Extracting {name} into {}", model_dir.display());
+        extract_staged(
+            candidate,
+            model_dir,
+            &reserved,
+            opts.max_unpacked_bytes,
+            check,
+        )
+    };
+    ensure(archive, model_dir, opts, "archive", &install)?;
     Ok(model_dir.to_path_buf())
 }
 
 /// Downloads a single model file (an `.onnx`, no archive) into `model_dir` and verifies
-/// it; returns its path. Like [`ensure_archive`], a second run with the verified file
-/// present makes no request.
-pub fn ensure_file(file: &Archive, model_dir: &Path, opts: &Options) -> Result<PathBuf> {
-    let name = archive_file_name(file.url)?;
-    let fetched = fetch(file, name, model_dir, opts, "model")?;
-    if !fetched.ready {
-        write_marker(&fetched.marker, &fetched.path, &[name.to_string()])?;
-    }
-    Ok(fetched.path)
-}
-
-/// A file fetched into `model_dir`, or found there.
-struct Fetched {
-    path: PathBuf,
-    marker: PathBuf,
-    /// Found with a valid marker: nothing more to do (no request was made).
-    ready: bool,
-}
-
-/// The shared first half of [`ensure_archive`] and [`ensure_file`]: use the file in
-/// `model_dir` when its marker says it was verified (retrain.py's "already present"
-/// message, no request), check one put there by hand against the sha256, or download it.
-fn fetch(
+/// it (sha256, else `verify` on the file); returns its path. Like [`ensure_archive`], a
+/// second run with the verified file present makes no request.
+pub fn ensure_file(
     file: &Archive,
-    name: &str,
+    model_dir: &Path,
+    opts: &Options,
+    verify: Verify,
+) -> Result<PathBuf> {
+    let name = archive_file_name(file.url)?.to_string();
+    let unhashed = file.sha256.is_none();
+    let install = |candidate: &Path| {
+        if unhashed {
+            verify(candidate)?;
+        }
+        Ok(vec![name.clone()])
+    };
+    ensure(file, model_dir, opts, "model", &install)
+}
+
+/// Where one download lives in `model_dir`.
+struct Place {
+    name: String,
+    /// The final name, only ever written once verified.
+    file: PathBuf,
+    part: PathBuf,
+    /// The `.part`'s resume record (URL and validator).
+    record: PathBuf,
+    marker: PathBuf,
+}
+
+impl Place {
+    fn new(model_dir: &Path, name: &str) -> Place {
+        Place {
+            name: name.to_string(),
+            file: model_dir.join(name),
+            part: model_dir.join(format!("{name}.part")),
+            record: model_dir.join(format!("{name}.part.json")),
+            marker: model_dir.join(marker_name(name)),
+        }
+    }
+
+    /// Deletes the partial download and its record.
+    fn discard_part(&self) -> Result<()> {
+        remove_if_exists(&self.part)?;
+        remove_if_exists(&self.record)
+    }
+}
+
+/// The shared flow of [`ensure_archive`] and [`ensure_file`]. `install` checks a
+/// candidate (the fresh `.part`, or a file found under the final name) and puts what
+/// it holds in place, returning the top-level entries it made; it must leave nothing
+/// behind when it fails.
+fn ensure(
+    file: &Archive,
     model_dir: &Path,
     opts: &Options,
     what: &str,
-) -> Result<Fetched> {
+    install: &dyn Fn(&Path) -> Result<Vec<String>>,
+) -> Result<PathBuf> {
     let expected = file.sha256.map(normalize_sha256).transpose()?;
+    let expected = expected.as_deref();
     fs::create_dir_all(model_dir)
         .with_context(|| format!("cannot create the model directory {}", model_dir.display()))?;
-    let path = model_dir.join(name);
-    let marker = marker_path(model_dir, name);
-    if !path.is_file() {
-        download(file, name, model_dir, expected.as_deref(), opts)?;
-    } else if marker_is_valid(&marker, &path, expected.as_deref()) {
-        crate::info!("Not extracting or downloading files, model already present in disk");
-        return Ok(Fetched {
-            path,
-            marker,
-            ready: true,
-        });
-    } else if let Some(expected) = &expected {
-        let (got, len) = sha256_file(&path)?;
-        if &got != expected {
-            bail!(
-                "{} is not the expected {what}: sha256 expected {expected}, got {got} \
-                 ({len} bytes); delete it or replace it with the right file",
-                path.display()
-            );
+    let place = Place::new(model_dir, archive_file_name(file.url)?);
+    if fs::metadata(&place.file).is_ok_and(|m| m.is_file()) {
+        if marker_is_valid(&place.marker, &place.file, expected) {
+            crate::info!("Not extracting or downloading files, model already present in disk");
+            return Ok(place.file);
+        }
+        match install_found(&place, expected, what, install) {
+            Ok(()) => return Ok(place.file),
+            Err(e) => {
+                crate::warn!(
+                    "{} is not a usable {what} ({e:#}): deleting it and downloading it again",
+                    place.file.display()
+                );
+                remove_if_exists(&place.file)?;
+            }
         }
     }
-    Ok(Fetched {
-        path,
-        marker,
-        ready: false,
-    })
+    remove_if_exists(&place.marker)?;
+    transfer::download(file, &place, expected, opts)?;
+    let entries = match install(&place.part) {
+        Ok(entries) => entries,
+        Err(e) => {
+            place.discard_part()?;
+            bail!(
+                "what {} sent is not a usable {what}: {e:#}; it was deleted, nothing was kept; \
+                 check the URL, {MANUAL_HINT}",
+                file.url
+            );
+        }
+    };
+    fs::rename(&place.part, &place.file).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            place.part.display(),
+            place.file.display()
+        )
+    })?;
+    remove_if_exists(&place.record)?;
+    write_marker(&place.marker, &place.file, &entries)?;
+    Ok(place.file)
+}
+
+/// Verifies and installs a file found under its final name without a valid marker.
+fn install_found(
+    place: &Place,
+    expected: Option<&str>,
+    what: &str,
+    install: &dyn Fn(&Path) -> Result<Vec<String>>,
+) -> Result<()> {
+    // No marker while the tree is being replaced: a crash from here on is redone.
+    remove_if_exists(&place.marker)?;
+    if let Some(expected) = expected {
+        let (got, len) = sha256_file(&place.file)?;
+        if got != expected {
+            bail!("not the expected {what}: sha256 expected {expected}, got {got} ({len} bytes)");
+        }
+    }
+    let entries = install(&place.file)?;
+    write_marker(&place.marker, &place.file, &entries)
+}
+
+/// The names an archive must not extract over: itself and its bookkeeping files.
+fn reserved_names(archive: &str) -> Vec<String> {
+    vec![
+        archive.to_string(),
+        format!("{archive}.part"),
+        format!("{archive}.part.json"),
+        marker_name(archive),
+        format!("{}.tmp", marker_name(archive)),
+    ]
 }
 
 /// Extracts the gzip-compressed tar `path` into `into` and returns the top-level
@@ -225,8 +339,26 @@ fn fetch(
 /// stream or of declared member sizes. Permissions and times are not restored:
 /// files get the process's defaults, which is all model files need.
 pub fn extract_tgz(path: &Path, into: &Path, max_unpacked_bytes: u64) -> Result<Vec<String>> {
-    let file =
-        File::open(path).with_context(|| format!("cannot open the archive {}", path.display()))?;
+    let reserved = match path.file_name().and_then(|n| n.to_str()) {
+        Some(archive) if path.parent().map(same_dir(into)).unwrap_or(false) => {
+            reserved_names(archive)
+        }
+        _ => Vec::new(),
+    };
+    extract_staged(path, into, &reserved, max_unpacked_bytes, None)
+}
+
+/// [`extract_tgz`] with the reserved names given, and `verify` run on the staged tree
+/// before anything is moved into place.
+fn extract_staged(
+    path: &Path,
+    into: &Path,
+    reserved: &[String],
+    max_unpacked_bytes: u64,
+    verify: Option<Verify>,
+) -> Result<Vec<String>> {
+    let (file, _) = open_regular(path)
+        .with_context(|| format!("cannot open the archive {}", path.display()))?;
     fs::create_dir_all(into)
         .with_context(|| format!("cannot create the directory {}", into.display()))?;
     let staging = tempfile::Builder::new()
@@ -235,15 +367,6 @@ pub fn extract_tgz(path: &Path, into: &Path, max_unpacked_bytes: u64) -> Result<
         .with_context(|| format!("cannot create a temporary directory in {}", into.display()))?;
 
     let names = unpack_checked(file, path, staging.path(), max_unpacked_bytes)?;
-
-    let reserved: Vec<String> = match path.file_name().and_then(|n| n.to_str()) {
-        Some(archive) if path.parent().map(same_dir(into)).unwrap_or(false) => vec![
-            archive.to_string(),
-            format!("{archive}.part"),
-            marker_name(archive),
-        ],
-        _ => Vec::new(),
-    };
     if let Some(clash) = names.iter().find(|n| reserved.contains(n)) {
         bail!(
             "refusing to extract {}: its entry `{clash}` would replace the archive or its \
@@ -251,14 +374,10 @@ pub fn extract_tgz(path: &Path, into: &Path, max_unpacked_bytes: u64) -> Result<
             path.display()
         );
     }
-
-    for name in &names {
-        let from = staging.path().join(name);
-        let to = into.join(name);
-        remove_if_exists(&to)?;
-        fs::rename(&from, &to)
-            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+    if let Some(verify) = verify {
+        verify(staging.path())?;
     }
+    move_into_place(staging.path(), &names, into)?;
     staging.close().with_context(|| {
         format!(
             "cannot remove the temporary directory in {}",
@@ -266,6 +385,25 @@ pub fn extract_tgz(path: &Path, into: &Path, max_unpacked_bytes: u64) -> Result<
         )
     })?;
     Ok(names)
+}
+
+/// Moves the staged top-level entries into `into`, replacing older ones; if one move
+/// fails, the ones already moved are removed again, so no half tree is left.
+fn move_into_place(staging: &Path, names: &[String], into: &Path) -> Result<()> {
+    for (done, name) in names.iter().enumerate() {
+        let (from, to) = (staging.join(name), into.join(name));
+        let moved = remove_if_exists(&to).and_then(|()| {
+            fs::rename(&from, &to)
+                .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))
+        });
+        if let Err(e) = moved {
+            for name in &names[..done] {
+                let _ = remove_if_exists(&into.join(name));
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Reads the whole archive into `dest` (a fresh empty directory), checking every
@@ -421,346 +559,35 @@ impl<R: Read> Read for LimitedReader<R> {
 }
 
 // ---------------------------------------------------------------------------
-// Download
-
-/// How one try ended, when it did not end well.
-enum Failure {
-    /// Worth another try: connection problems, timeouts, 5xx, cut bodies.
-    Retry(String),
-    /// Another try would get the same answer (404, 403, wrong size).
-    Fatal(String),
-    /// Not the network's fault (the disk's): reported as is.
-    Local(anyhow::Error),
-}
-
-/// Fetches `archive.url` into `<name>.part`, resuming and retrying, then verifies it
-/// and renames it to `<name>`.
-fn download(
-    archive: &Archive,
-    name: &str,
-    model_dir: &Path,
-    expected: Option<&str>,
-    opts: &Options,
-) -> Result<()> {
-    let url = archive.url;
-    let final_path = model_dir.join(name);
-    let part = model_dir.join(format!("{name}.part"));
-    let fail = |reason: &str| {
-        anyhow!(
-            "cannot download {url}: {reason}; download it by other means and put it at {}, \
-             {MANUAL_HINT}",
-            final_path.display()
-        )
-    };
-
-    let client = Client::builder()
-        .connect_timeout(opts.timeout)
-        .timeout(opts.timeout)
-        .user_agent(concat!("flowers/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| fail(&describe(&e)))?;
-
-    crate::info!(">> Downloading {name} from {url} ...");
-    let bar = Bar::new(opts.show_progress, archive.size);
-    let mut tries: u32 = 0;
-    loop {
-        tries += 1;
-        match fetch_once(&client, url, &part, archive.size, &bar) {
-            Ok(()) => break,
-            Err(Failure::Local(e)) => return Err(e),
-            Err(Failure::Fatal(reason)) => return Err(fail(&reason)),
-            Err(Failure::Retry(reason)) => {
-                if tries > opts.retries {
-                    let reason = if tries > 1 {
-                        format!("{reason} (after {tries} tries)")
-                    } else {
-                        reason
-                    };
-                    return Err(fail(&reason));
-                }
-                let wait = opts
-                    .backoff
-                    .saturating_mul(1u32 << (tries - 1).min(16))
-                    .min(MAX_BACKOFF);
-                bar.println(format!("{reason}; retrying in {wait:?}"));
-                thread::sleep(wait);
-            }
-        }
-    }
-    drop(bar);
-
-    let (got, len) = sha256_file(&part)?;
-    if let Some(size) = archive.size.filter(|&size| len != size) {
-        remove_if_exists(&part)?;
-        return Err(fail(&format!(
-            "got {len} bytes, expected {size}; the partial download was deleted"
-        )));
-    }
-    if let Some(expected) = expected.filter(|expected| got != *expected) {
-        remove_if_exists(&part)?;
-        return Err(fail(&format!(
-            "checksum mismatch: sha256 expected {expected}, got {got} ({len} bytes); \
-             the download was deleted"
-        )));
-    }
-    fs::rename(&part, &final_path).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            part.display(),
-            final_path.display()
-        )
-    })?;
-    crate::info!("Successfully downloaded {name} {len} bytes.");
-    Ok(())
-}
-
-/// One HTTP request: resumes from the `.part` length with `Range`, or starts over
-/// when the server does not honour it. Leaves what it got in `.part` on failure.
-fn fetch_once(
-    client: &Client,
-    url: &str,
-    part: &Path,
-    size: Option<u64>,
-    bar: &Bar,
-) -> Result<(), Failure> {
-    let local =
-        |what: &str, e: io::Error| Failure::Local(anyhow!("cannot {what} {}: {e}", part.display()));
-    let mut offset = match fs::metadata(part) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(local("read", e)),
-    };
-    if let Some(size) = size {
-        if offset > size {
-            fs::remove_file(part).map_err(|e| local("remove", e))?;
-            offset = 0;
-        } else if offset == size && size > 0 {
-            return Ok(()); // complete already; the checksum decides
-        }
-    }
-
-    let mut request = client.get(url);
-    if offset > 0 {
-        request = request.header(RANGE, format!("bytes={offset}-"));
-    }
-    let mut response = request.send().map_err(|e| Failure::Retry(describe(&e)))?;
-    let status = response.status();
-    let content_range = response
-        .headers()
-        .get(CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-
-    let (mut out, start, total) = match status {
-        StatusCode::PARTIAL_CONTENT if offset > 0 => {
-            match content_range.as_deref().and_then(parse_content_range) {
-                Some((Some(first), total)) if first == offset => {
-                    let out = OpenOptions::new()
-                        .append(true)
-                        .open(part)
-                        .map_err(|e| local("open", e))?;
-                    (out, offset, total)
-                }
-                _ => {
-                    fs::remove_file(part).map_err(|e| local("remove", e))?;
-                    return Err(Failure::Retry(format!(
-                        "server answered the resume with an unexpected range ({})",
-                        content_range.as_deref().unwrap_or("none")
-                    )));
-                }
-            }
-        }
-        StatusCode::OK => {
-            // Also the answer of servers that ignore `Range`: start over.
-            let out = File::create(part).map_err(|e| local("create", e))?;
-            (out, 0, response.content_length())
-        }
-        StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 => {
-            match content_range.as_deref().and_then(parse_content_range) {
-                // We already have all of it.
-                Some((None, Some(total))) if total == offset => return Ok(()),
-                _ => {
-                    fs::remove_file(part).map_err(|e| local("remove", e))?;
-                    return Err(Failure::Retry(
-                        "server refused to resume the partial download; starting over".into(),
-                    ));
-                }
-            }
-        }
-        s if s.is_server_error()
-            || s == StatusCode::REQUEST_TIMEOUT
-            || s == StatusCode::TOO_MANY_REQUESTS =>
-        {
-            return Err(Failure::Retry(format!("HTTP {s}")));
-        }
-        s => return Err(Failure::Fatal(format!("HTTP {s}"))),
-    };
-
-    let total = total.or(size);
-    let expected_end = response.content_length().map(|n| start + n);
-    bar.start(total, start);
-    let mut got = start;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match response.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = out.flush();
-                return Err(Failure::Retry(format!(
-                    "connection lost after {got} bytes: {}",
-                    describe(&e)
-                )));
-            }
-        };
-        out.write_all(&buf[..n]).map_err(|e| local("write", e))?;
-        got += n as u64;
-        bar.set(got);
-        if let Some(size) = size.filter(|&size| got > size) {
-            drop(out);
-            fs::remove_file(part).map_err(|e| local("remove", e))?;
-            return Err(Failure::Fatal(format!(
-                "the server sent more than the expected {size} bytes"
-            )));
-        }
-    }
-    out.flush().map_err(|e| local("write", e))?;
-    out.sync_all().map_err(|e| local("write", e))?;
-    if let Some(end) = expected_end.filter(|&end| got < end) {
-        return Err(Failure::Retry(format!(
-            "connection closed after {got} of {end} bytes"
-        )));
-    }
-    Ok(())
-}
-
-/// Parses `bytes a-b/total`, `bytes a-b/*` and `bytes */total` into (a, total).
-fn parse_content_range(value: &str) -> Option<(Option<u64>, Option<u64>)> {
-    let rest = value.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    let first = match range.trim() {
-        "*" => None,
-        r => Some(r.split_once('-')?.0.trim().parse().ok()?),
-    };
-    Some((first, total))
-}
-
-/// A short cause for a network error, without the URL (the caller names it) and
-/// without the layers of "error sending request" wrapping.
-fn describe(err: &(dyn StdError + 'static)) -> String {
-    let mut chain: Vec<&(dyn StdError + 'static)> = vec![err];
-    let mut current = err;
-    while let Some(next) = current.source() {
-        chain.push(next);
-        current = next;
-    }
-    for e in &chain {
-        if e.downcast_ref::<reqwest::Error>()
-            .is_some_and(|re| re.is_timeout())
-        {
-            return "timed out".into();
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            match io.kind() {
-                io::ErrorKind::ConnectionRefused => return "connection refused".into(),
-                io::ErrorKind::TimedOut => return "timed out".into(),
-                _ => {}
-            }
-        }
-    }
-    let messages: Vec<String> = chain.iter().map(|e| e.to_string()).collect();
-    if messages.iter().any(|m| m.contains("dns error")) {
-        let last = messages.last().cloned().unwrap_or_default();
-        return format!("cannot resolve the host name ({last})");
-    }
-    // The innermost cause is the most specific; the outer ones repeat the URL.
-    messages
-        .iter()
-        .rev()
-        .find(|m| !m.is_empty())
-        .cloned()
-        .unwrap_or_else(|| "unknown error".into())
-}
-
-/// The progress bar: bytes, total, rate, ETA; a spinner when the total is unknown.
-struct Bar(ProgressBar);
-
-impl Bar {
-    fn new(show: bool, size: Option<u64>) -> Bar {
-        let target = if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let bar = Bar(ProgressBar::with_draw_target(size, target));
-        bar.start(size, 0);
-        bar
-    }
-
-    fn start(&self, total: Option<u64>, position: u64) {
-        let template = if total.is_some() {
-            "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
-        } else {
-            "{spinner} {bytes} {bytes_per_sec}"
-        };
-        let style = ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        self.0.set_style(style);
-        match total {
-            Some(t) => self.0.set_length(t),
-            None => self.0.unset_length(),
-        }
-        self.0.set_position(position);
-        self.0.reset_eta();
-    }
-
-    fn set(&self, position: u64) {
-        self.0.set_position(position);
-    }
-
-    /// Prints a line above the bar (plain stderr when the bar is hidden).
-    fn println(&self, line: String) {
-        if self.0.is_hidden() {
-            crate::info!("{line}");
-        } else {
-            self.0.println(line);
-        }
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        // Cleared so the next line (success or error) starts on a clean line.
-        self.0.finish_and_clear();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Bookkeeping
 
 fn marker_name(archive: &str) -> String {
     format!(".{archive}.extracted")
 }
 
-fn marker_path(model_dir: &Path, archive: &str) -> PathBuf {
-    model_dir.join(marker_name(archive))
-}
+/// The marker's first line. v1 markers (flowers before downloads were verified) are
+/// trusted only where a sha256 vouches for the archive: without one, v1 may mark a page
+/// or a wrong archive kept by mistake, so it is verified again (no download needed).
+const MARKER_V2: &str = "flowers-extracted v2";
+const MARKER_V1: &str = "flowers-extracted v1";
 
 /// The marker matches the archive on disk (size, and sha256 when one is expected)
 /// and every top-level entry it lists still exists. Anything unreadable is "no".
 fn marker_is_valid(marker: &Path, archive: &Path, expected: Option<&str>) -> bool {
-    let (Ok(text), Ok(meta)) = (fs::read_to_string(marker), fs::metadata(archive)) else {
+    let (Ok(bytes), Ok(meta)) = (
+        read_regular(marker, MAX_MARKER_BYTES),
+        fs::metadata(archive),
+    ) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
         return false;
     };
     let mut lines = text.lines();
-    if lines.next() != Some("flowers-extracted v1") {
-        return false;
+    match lines.next() {
+        Some(MARKER_V2) => {}
+        Some(MARKER_V1) if expected.is_some() => {}
+        _ => return false,
     }
     let mut size_ok = false;
     let mut sha_ok = expected.is_none();
@@ -786,7 +613,7 @@ fn marker_is_valid(marker: &Path, archive: &Path, expected: Option<&str>) -> boo
 /// or absent.
 fn write_marker(marker: &Path, archive: &Path, entries: &[String]) -> Result<()> {
     let (sha, len) = sha256_file(archive)?;
-    let mut text = format!("flowers-extracted v1\nsize {len}\nsha256 {sha}\n");
+    let mut text = format!("{MARKER_V2}\nsize {len}\nsha256 {sha}\n");
     for e in entries {
         text.push_str(&format!("entry {e}\n"));
     }
@@ -807,7 +634,8 @@ fn normalize_sha256(hex: &str) -> Result<String> {
 
 /// (lowercase hex sha256, length) of a file.
 fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let (mut file, _) =
+        open_regular(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let len = io::copy(&mut file, &mut hasher)
         .with_context(|| format!("cannot read {}", path.display()))?;

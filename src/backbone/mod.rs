@@ -25,7 +25,9 @@ pub use plan::Plan;
 pub use registry::{Architecture, ModelFormat, DEFAULT_MODEL};
 
 use crate::image::{Layout, Preprocessing, ResizeRule};
+use crate::problem::Problem;
 use crate::util::hex;
+use crate::util::panic_guard::catching_panics;
 use onnx::{decode_model, find_bottleneck, graph_input, input_geometry, resolve_tensor};
 use registry::{Origin, DEFAULT_MEAN, DEFAULT_RESIZE, DEFAULT_STD};
 
@@ -48,6 +50,9 @@ pub struct Fetch {
     pub base_url: Option<String>,
     /// No progress bar.
     pub quiet: bool,
+    /// Largest download accepted when the registry knows no size (`--max-download-size`);
+    /// `None`: [`download::DEFAULT_MAX_DOWNLOAD_BYTES`].
+    pub max_download_size: Option<u64>,
 }
 
 /// What the user may override about a backbone's preprocessing.
@@ -96,6 +101,18 @@ impl Backbone {
                 (bytes, display, Some(architecture))
             }
         };
+        Self::from_bytes(bytes, display, known, source, overrides)
+    }
+
+    /// [`Backbone::load`] once the model's bytes are read: `known` is the registry entry
+    /// they are, if any; `source` names an unknown one.
+    fn from_bytes(
+        bytes: Bytes,
+        display: String,
+        known: Option<Architecture>,
+        source: &ModelSource,
+        overrides: &Overrides,
+    ) -> Result<Backbone> {
         let sha256 = hex(&Sha256::digest(&bytes));
         let known = known.or_else(|| registry::by_sha256(&sha256));
         let name = match (&known, source) {
@@ -313,14 +330,22 @@ fn fetched(architecture: &Architecture, fetch: &Fetch) -> Result<Option<PathBuf>
     };
     let options = download::Options {
         show_progress: !fetch.quiet,
+        max_download_bytes: fetch
+            .max_download_size
+            .unwrap_or(download::DEFAULT_MAX_DOWNLOAD_BYTES),
         ..Default::default()
+    };
+    // `root` is the staged extraction (archives) or the downloaded file itself.
+    let verify = |root: &Path| {
+        let graph = member.as_ref().map_or(root.to_path_buf(), |m| root.join(m));
+        verify_download(architecture, &graph, member.as_deref())
     };
     let path = match member {
         Some(member) => {
-            let root = download::ensure_archive(&archive, &fetch.model_dir, &options)?;
+            let root = download::ensure_archive(&archive, &fetch.model_dir, &options, &verify)?;
             root.join(member)
         }
-        None => download::ensure_file(&archive, &fetch.model_dir, &options)?,
+        None => download::ensure_file(&archive, &fetch.model_dir, &options, &verify)?,
     };
     if !path.is_file() {
         bail!(
@@ -331,6 +356,38 @@ fn fetched(architecture: &Architecture, fetch: &Fetch) -> Result<Option<PathBuf>
         );
     }
     Ok(Some(path))
+}
+
+/// The check a download with no published sha256 passes before it is kept: the graph is
+/// there, loads as `architecture` (with its registry defaults, whatever the user's
+/// flags) and computes a finite bottleneck of a grey image. A panic in a dependency on
+/// a hostile graph counts as a failed check.
+fn verify_download(architecture: &Architecture, graph: &Path, member: Option<&str>) -> Result<()> {
+    if !graph.is_file() {
+        bail!("it has no {}", member.unwrap_or("model file"));
+    }
+    let check = || {
+        let bytes = read_model(graph)?;
+        let source = ModelSource::File(graph.to_path_buf());
+        let display = member.unwrap_or(&architecture.name).to_string();
+        let known = Some(architecture.clone());
+        let backbone = Backbone::from_bytes(bytes, display, known, &source, &Overrides::default())?;
+        let p = &backbone.preprocessing;
+        let grey = vec![128u8; p.height as usize * p.width as usize * 3];
+        let values = backbone.extractor()?.run(p.normalise(&grey))?;
+        if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+            bail!("its bottleneck of a grey image is not a finite vector");
+        }
+        Ok(())
+    };
+    catching_panics(|| {
+        check().map_err(|e: anyhow::Error| Problem::InferenceFailed(format!("{e:#}")))
+    })
+    .map_err(|problem| match problem {
+        Problem::InferenceFailed(reason) => anyhow!("{reason}"),
+        _ => anyhow!("loading it crashed"),
+    })
+    .with_context(|| format!("it is not a working {} backbone", architecture.name))
 }
 
 fn read_model(path: &Path) -> Result<Bytes> {

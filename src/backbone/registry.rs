@@ -68,8 +68,11 @@ pub enum Origin {
     Download {
         url: String,
         member: Option<String>,
-        /// sha256 of what `url` serves, where known.
+        /// sha256 of what `url` serves, where known. Without it a download is kept only
+        /// once it loaded and computed a bottleneck (`backbone::fetched`).
         sha256: Option<&'static str>,
+        /// Its size in bytes, where known: checked against `Content-Length` before the
+        /// body is read. Without it `--max-download-size` bounds the download.
         size: Option<u64>,
     },
     /// No public URL: recognised by its sha256 when given with `--model`.
@@ -224,7 +227,10 @@ fn inception_v3() -> Architecture {
                 .into(),
             member: Some("classify_image_graph_def.pb".into()),
             sha256: None,
-            size: None,
+            // No hash was ever published, but retrain.py printed the size on every first
+            // run ("Successfully downloaded inception-2015-12-05.tgz 88931400 bytes."), so a
+            // response of another length is refused before its body is read.
+            size: Some(88_931_400),
         },
         format: ModelFormat::TensorFlow,
         file_sha256: None,

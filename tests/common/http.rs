@@ -1,5 +1,5 @@
 //! Test helpers: a tiny HTTP/1.1 server on 127.0.0.1 whose every answer the test
-//! scripts, archive builders, and directory listings.
+//! scripts (well-behaved or not), archive builders, and directory listings.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read, Write};
@@ -17,16 +17,33 @@ use sha2::{Digest, Sha256};
 /// What the server does with one request.
 #[derive(Clone, Debug)]
 pub enum Step {
-    /// 200 with the whole body, or 206 / 416 when asked for a range.
+    /// 200 with the whole body, or 206 / 416 when asked for a range (and `If-Range`,
+    /// if sent, matches the server's validator; else 200 with the whole body).
     Serve,
     /// Like `Serve` (same headers, full Content-Length) but closes after N body bytes.
     Cut(usize),
     /// Like `Serve` but ignores `Range`: always 200 with the whole body.
     IgnoreRange,
+    /// Like `Serve` but answers a range with 206 even when `If-Range` does not match (a
+    /// broken server: only the client's own checks stop a splice).
+    IgnoreIfRange,
     /// This status with a short text body.
     Status(u16),
     /// Reads the request, then says nothing for this long and closes.
     Stall(Duration),
+    /// 200 with a captive portal's page, `Content-Type: text/html`.
+    Html,
+    /// 200 with these bytes instead of the body, as `application/octet-stream`.
+    Other(Vec<u8>),
+    /// 200, chunked, noise without end (until the client hangs up).
+    Endless,
+    /// 200 announcing this Content-Length, then noise without end.
+    Overlong(u64),
+    /// 200 announcing the body's length (or `declared`), then one byte of it every `every`.
+    Drip {
+        declared: Option<u64>,
+        every: Duration,
+    },
 }
 
 /// One request as the server saw it.
@@ -34,39 +51,92 @@ pub enum Step {
 pub struct Seen {
     pub path: String,
     pub range: Option<String>,
+    pub if_range: Option<String>,
     pub status: u16,
+}
+
+/// How a server describes its file: the validators a client may resume against.
+#[derive(Clone, Debug, Default)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// A strong ETag made from the body, as most servers have.
+    pub fn etag_of(body: &[u8]) -> Validators {
+        Validators {
+            etag: Some(format!("\"{}\"", &sha256_hex(body)[..16])),
+            last_modified: None,
+        }
+    }
+
+    pub fn none() -> Validators {
+        Validators::default()
+    }
+
+    fn headers(&self) -> String {
+        let mut out = String::new();
+        if let Some(etag) = &self.etag {
+            out.push_str(&format!("ETag: {etag}\r\n"));
+        }
+        if let Some(date) = &self.last_modified {
+            out.push_str(&format!("Last-Modified: {date}\r\n"));
+        }
+        out
+    }
+
+    fn matches(&self, if_range: &str) -> bool {
+        Some(if_range) == self.etag.as_deref() || Some(if_range) == self.last_modified.as_deref()
+    }
 }
 
 struct State {
     body: Vec<u8>,
     script: Mutex<VecDeque<Step>>,
     then: Step,
+    validators: Validators,
     seen: Mutex<Vec<Seen>>,
+    stop: AtomicBool,
 }
 
 pub struct Server {
     addr: SocketAddr,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Serves `body` at every path: request i follows `script[i]`, later ones `then`.
+    /// Serves `body` at every path with a strong ETag: request i follows `script[i]`,
+    /// later ones `then`.
     pub fn start(body: Vec<u8>, script: Vec<Step>, then: Step) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let validators = Validators::etag_of(&body);
+        Server::start_on(0, body, script, then, validators)
+    }
+
+    /// The same on `port` (0: any free one; a port a dropped server used, to stand for
+    /// the same URL serving another file), with these validators.
+    pub fn start_on(
+        port: u16,
+        body: Vec<u8>,
+        script: Vec<Step>,
+        then: Step,
+        validators: Validators,
+    ) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local_addr");
         let state = Arc::new(State {
             body,
             script: Mutex::new(script.into()),
             then,
+            validators,
             seen: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
+        let st = Arc::clone(&state);
         let accept = thread::spawn(move || {
             for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
+                if st.stop.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
@@ -77,13 +147,16 @@ impl Server {
         Server {
             addr,
             state,
-            stop,
             accept: Some(accept),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -93,7 +166,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.state.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(h) = self.accept.take() {
             let _ = h.join();
@@ -101,18 +174,17 @@ impl Drop for Server {
     }
 }
 
-fn handle(mut conn: TcpStream, state: &State) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+/// The request line's path and its `Range` and `If-Range` headers.
+fn read_request(conn: &mut TcpStream) -> Option<(String, Option<String>, Option<String>)> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match conn.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => return, // closed before a full request (e.g. the Drop wake-up)
+            _ => return None, // closed before a full request (e.g. the Drop wake-up)
         }
         if head.len() > 16 * 1024 {
-            return;
+            return None;
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
@@ -122,56 +194,135 @@ fn handle(mut conn: TcpStream, state: &State) {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("/")
         .to_string();
-    let range = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
-        .map(|(_, v)| v.trim().to_string());
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    Some((path, get("range"), get("if-range")))
+}
 
+fn handle(mut conn: TcpStream, state: &State) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let Some((path, range, if_range)) = read_request(&mut conn) else {
+        return;
+    };
     let step = state
         .script
         .lock()
         .unwrap()
         .pop_front()
         .unwrap_or_else(|| state.then.clone());
+    let seen = |status| record(state, &path, &range, &if_range, status);
+    match step {
+        Step::Stall(d) => {
+            seen(0);
+            thread::sleep(d);
+        }
+        Step::Html => {
+            seen(200);
+            let page = b"<html><body>Please log in to use this network.</body></html>";
+            respond(
+                &mut conn,
+                200,
+                "Content-Type: text/html; charset=utf-8\r\n",
+                page,
+                None,
+            );
+        }
+        Step::Other(bytes) => {
+            seen(200);
+            respond(&mut conn, 200, "", &bytes, None);
+        }
+        Step::Endless => {
+            seen(200);
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let chunk = [b"10000\r\n".as_slice(), &noise(0x10000, 3), b"\r\n"].concat();
+            stream_forever(&mut conn, state, head, &chunk, Duration::ZERO);
+        }
+        Step::Overlong(declared) => {
+            seen(200);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n"
+            );
+            stream_forever(&mut conn, state, &head, &noise(0x10000, 5), Duration::ZERO);
+        }
+        Step::Drip { declared, every } => {
+            seen(200);
+            let len = declared.unwrap_or(state.body.len() as u64);
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+            stream_forever(&mut conn, state, &head, b"x", every);
+        }
+        Step::Status(code) => {
+            seen(code);
+            respond(&mut conn, code, "", b"nope\n", None);
+        }
+        Step::Serve | Step::Cut(_) | Step::IgnoreRange | Step::IgnoreIfRange => serve(
+            &mut conn,
+            state,
+            &step,
+            range.as_deref(),
+            if_range.as_deref(),
+            seen,
+        ),
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// The well-behaved answers (and their near misses): the body, or a range of it.
+fn serve(
+    conn: &mut TcpStream,
+    state: &State,
+    step: &Step,
+    range: Option<&str>,
+    if_range: Option<&str>,
+    seen: impl Fn(u16),
+) {
     let body = &state.body;
     let len = body.len();
+    let honoured = match step {
+        Step::IgnoreRange => false,
+        Step::IgnoreIfRange => true,
+        _ => if_range.is_none_or(|v| state.validators.matches(v)),
+    };
     let start = range
-        .as_deref()
+        .filter(|_| honoured)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok());
-
-    let (status, headers, data, cut): (u16, String, &[u8], Option<usize>) = match step {
-        Step::Status(code) => (code, String::new(), b"nope\n".as_slice(), None),
-        Step::Stall(d) => {
-            record(state, path, range, 0);
-            thread::sleep(d);
-            return;
-        }
-        Step::IgnoreRange => (200, String::new(), body.as_slice(), None),
-        Step::Serve | Step::Cut(_) => {
-            let cut = match step {
-                Step::Cut(n) => Some(n),
-                _ => None,
-            };
-            match start {
-                Some(s) if s >= len => (
-                    416,
-                    format!("Content-Range: bytes */{len}\r\n"),
-                    &[][..],
-                    None,
-                ),
-                Some(s) => (
-                    206,
-                    format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1),
-                    &body[s..],
-                    cut,
-                ),
-                None => (200, String::new(), body.as_slice(), cut),
-            }
-        }
+    let cut = match step {
+        Step::Cut(n) => Some(*n),
+        _ => None,
     };
-    record(state, path, range, status);
+    let validators = state.validators.headers();
+    let (status, headers, data, cut) = match start {
+        Some(s) if s >= len => (
+            416,
+            format!("Content-Range: bytes */{len}\r\n"),
+            &[][..],
+            None,
+        ),
+        Some(s) => (
+            206,
+            format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1),
+            &body[s..],
+            cut,
+        ),
+        None => (200, String::new(), body.as_slice(), cut),
+    };
+    seen(status);
+    let headers = format!("Accept-Ranges: bytes\r\n{validators}{headers}");
+    respond(conn, status, &headers, data, cut);
+}
+
+fn respond(conn: &mut TcpStream, status: u16, headers: &str, data: &[u8], cut: Option<usize>) {
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
@@ -180,22 +331,47 @@ fn handle(mut conn: TcpStream, state: &State) {
         503 => "Service Unavailable",
         _ => "Whatever",
     };
+    let content_type = if headers.contains("Content-Type") {
+        ""
+    } else {
+        "Content-Type: application/octet-stream\r\n"
+    };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\
-         Accept-Ranges: bytes\r\n{headers}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n{content_type}{headers}\
+         Connection: close\r\n\r\n",
         data.len()
     );
     let send = cut.map_or(data.len(), |c| c.min(data.len()));
     let _ = conn.write_all(head.as_bytes());
     let _ = conn.write_all(&data[..send]);
     let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Both);
 }
 
-fn record(state: &State, path: String, range: Option<String>, status: u16) {
+/// Sends `head`, then `piece` again and again, `every` apart, until the client hangs up
+/// or the server is dropped.
+fn stream_forever(conn: &mut TcpStream, state: &State, head: &str, piece: &[u8], every: Duration) {
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    while !state.stop.load(Ordering::SeqCst) {
+        if conn.write_all(piece).and_then(|()| conn.flush()).is_err() {
+            return;
+        }
+        thread::sleep(every);
+    }
+}
+
+fn record(
+    state: &State,
+    path: &str,
+    range: &Option<String>,
+    if_range: &Option<String>,
+    status: u16,
+) {
     state.seen.lock().unwrap().push(Seen {
-        path,
-        range,
+        path: path.to_string(),
+        range: range.clone(),
+        if_range: if_range.clone(),
         status,
     });
 }
