@@ -556,3 +556,68 @@ impl Drop for Bar {
         self.0.finish_and_clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn pace(window_secs: u64, started_secs_ago: u64) -> Pace {
+        Pace {
+            min_rate: 1024,
+            window: Duration::from_secs(window_secs),
+            deadline: Instant::now() + Duration::from_secs(3600),
+            since: Instant::now() - Duration::from_secs(started_secs_ago),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn the_rate_is_judged_over_the_window_only() {
+        // Within the window nothing is judged, however slow.
+        assert!(pace(30, 10).check(1).is_ok());
+        // Past it: the average since the window began.
+        let error = pace(30, 31).check(30 * 100).unwrap_err();
+        assert!(
+            error.contains("under the minimum of 1024 bytes/s"),
+            "{error}"
+        );
+        let mut fast = pace(30, 31);
+        assert!(fast.check(31 * 2048).is_ok());
+        // A new window starts there: the next bytes are judged on their own.
+        assert_eq!(fast.at, 31 * 2048);
+    }
+
+    #[test]
+    fn the_deadline_ends_even_a_fast_transfer() {
+        let mut late = pace(30, 0);
+        late.deadline = Instant::now() - Duration::from_millis(1);
+        assert!(late.check(1 << 30).unwrap_err().contains("overall limit"));
+    }
+
+    #[test]
+    fn only_strong_etags_and_dates_are_validators() {
+        let mut headers = HeaderMap::new();
+        assert!(Record::of("u", &headers).is_none());
+        headers.insert(ETAG, HeaderValue::from_static("W/\"weak\""));
+        assert!(Record::of("u", &headers).is_none());
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+        headers.insert(LAST_MODIFIED, HeaderValue::from_static(date));
+        assert_eq!(Record::of("u", &headers).unwrap().if_range, date);
+        headers.insert(ETAG, HeaderValue::from_static("\"strong\""));
+        let record = Record::of("u", &headers).unwrap();
+        assert_eq!(record.if_range, "\"strong\"");
+        assert_eq!(record.etag.as_deref(), Some("\"strong\""));
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((Some(100), Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 0-9/*"), Some((Some(0), None)));
+        assert_eq!(parse_content_range("bytes */200"), Some((None, Some(200))));
+        assert_eq!(parse_content_range("items 0-9/10"), None);
+    }
+}
