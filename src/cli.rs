@@ -81,7 +81,7 @@ pub struct ExtractArgs {
     pub backbone: BackboneArgs,
 
     /// Worker threads [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 
     /// Print the summary as one JSON object.
@@ -278,7 +278,7 @@ pub struct RetrainArgs {
     pub seed: u64,
 
     /// Worker threads for bottleneck extraction [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 
     /// Print a JSON summary on stdout (the human report goes to stderr).
@@ -345,14 +345,11 @@ pub struct RetrainArgs {
     )]
     pub intermediate_store_frequency: u32,
 
-    /// Where the intermediate graphs go.
-    #[arg(
-        long,
-        alias = "intermediate_output_graphs_dir",
-        value_name = "DIR",
-        default_value = "/tmp/intermediate_graph/"
-    )]
-    pub intermediate_output_graphs_dir: PathBuf,
+    /// Where the intermediate graphs go [default: the per-user cache, e.g.
+    /// ~/.cache/flowers/intermediate_graph; retrain.py's /tmp/intermediate_graph/ was
+    /// shared by every user of the machine].
+    #[arg(long, alias = "intermediate_output_graphs_dir", value_name = "DIR")]
+    pub intermediate_output_graphs_dir: Option<PathBuf>,
 
     #[command(flatten)]
     pub not_supported: RetrainPyOnly,
@@ -417,7 +414,7 @@ pub struct EvaluateArgs {
     pub assert_accuracy_at_least: Option<f64>,
 
     /// Worker threads [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 }
 
@@ -519,11 +516,11 @@ pub struct LabelArgs {
     pub output_layer: Option<String>,
 
     /// label_image.py: input height for graphs that do not fix it [default: 224].
-    #[arg(long, alias = "input_height", value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, alias = "input_height", value_name = "PX", value_parser = input_side)]
     pub input_height: Option<u32>,
 
     /// label_image.py: input width for graphs that do not fix it [default: 224].
-    #[arg(long, alias = "input_width", value_name = "PX", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, alias = "input_width", value_name = "PX", value_parser = input_side)]
     pub input_width: Option<u32>,
 
     /// label_image.py: subtracted from 0-255 pixels, for graphs without metadata [default: 128].
@@ -544,7 +541,7 @@ pub struct LabelArgs {
     pub json: bool,
 
     /// Worker threads [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 }
 
@@ -565,7 +562,7 @@ impl Cli {
             Command::Retrain(args) => Request::Run(options::Command::Retrain(Box::new(
                 args.into_options(quiet)?,
             ))),
-            Command::Label(args) => Request::Run(options::Command::Label(args.into_options())),
+            Command::Label(args) => Request::Run(options::Command::Label(args.into_options()?)),
             Command::Evaluate(args) => {
                 Request::Run(options::Command::Evaluate(args.into_options()))
             }
@@ -595,10 +592,16 @@ impl Cli {
 }
 
 impl LabelArgs {
-    fn into_options(self) -> LabelOptions {
+    fn into_options(self) -> Result<LabelOptions, String> {
+        if let Some(mean) = self.input_mean {
+            pixel_mean(&[mean], "--input-mean")?;
+        }
+        if let Some(std) = self.input_std {
+            pixel_std(&[std], "--input-std")?;
+        }
         let mut inputs = self.image;
         inputs.extend(self.paths);
-        LabelOptions {
+        Ok(LabelOptions {
             inputs,
             graph: self.graph.unwrap_or_else(default_graph),
             flags: LabelImageFlags {
@@ -613,7 +616,7 @@ impl LabelArgs {
             top_k: self.top_k as usize,
             json: self.json,
             threads: self.threads.map(|t| t as usize),
-        }
+        })
     }
 }
 
@@ -637,14 +640,7 @@ impl RetrainArgs {
         if let Some(name) = &self.backbone.architecture {
             crate::backbone::registry::find(name).map_err(|e| e.to_string())?;
         }
-        let percentages = self.testing_percentage + self.validation_percentage;
-        if self.testing_percentage < 0.0 || self.validation_percentage < 0.0 || percentages >= 100.0
-        {
-            return Err(format!(
-                "--testing-percentage and --validation-percentage must be >= 0 and add up to less than 100 (got {} + {})",
-                self.testing_percentage, self.validation_percentage
-            ));
-        }
+        split_percentages(self.testing_percentage, self.validation_percentage)?;
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(format!(
                 "--learning-rate must be positive, got {}",
@@ -657,9 +653,7 @@ impl RetrainArgs {
                 self.random_brightness
             ));
         }
-        if self.final_tensor_name.is_empty() {
-            return Err("--final-tensor-name must not be empty".into());
-        }
+        tensor_name(&self.final_tensor_name, "--final-tensor-name")?;
         let bottleneck_dir = match self.bottleneck_dir {
             Some(dir) => dir,
             None => default_bottleneck_dir(),
@@ -682,7 +676,9 @@ impl RetrainArgs {
                 snapshot_every: (self.intermediate_store_frequency > 0)
                     .then_some(self.intermediate_store_frequency as usize),
             },
-            intermediate_output_graphs_dir: self.intermediate_output_graphs_dir,
+            intermediate_output_graphs_dir: self
+                .intermediate_output_graphs_dir
+                .unwrap_or_else(default_intermediate_dir),
             require_cached: self.require_cached,
             training_memory: self.training_memory,
             distortions: Distortions {
@@ -731,12 +727,16 @@ impl BackboneArgs {
                 .transpose()
         };
         let std = parse(&self.input_std, "--input-std")?;
-        if std.is_some_and(|s| s.iter().any(|v| *v == 0.0 || !v.is_finite())) {
-            return Err("--input-std must not be zero".into());
+        if let Some(std) = &std {
+            pixel_std(std, "--input-std")?;
+        }
+        let mean = parse(&self.input_mean, "--input-mean")?;
+        if let Some(mean) = &mean {
+            pixel_mean(mean, "--input-mean")?;
         }
         Ok(Overrides {
             bottleneck_tensor: self.bottleneck_tensor.clone(),
-            mean: parse(&self.input_mean, "--input-mean")?,
+            mean,
             std,
             resize: self.resize.as_deref().map(ResizeRule::parse).transpose()?,
         })
@@ -773,6 +773,15 @@ fn default_model_dir() -> PathBuf {
         .join("models")
 }
 
+/// retrain.py's `/tmp/intermediate_graph/` moved into the per-user cache: in a folder
+/// every user can write, another user could create it first, or make it a link.
+fn default_intermediate_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flowers")
+        .join("intermediate_graph")
+}
+
 fn default_bottleneck_dir() -> PathBuf {
     dirs::cache_dir()
         .unwrap_or_else(std::env::temp_dir)
@@ -800,6 +809,84 @@ fn percentage(text: &str) -> Result<f32, String> {
     }
 }
 
+/// The test and validation shares of the images, in percent: each from 0 to 100 and
+/// together under 100, so that some images are left to train on.
+fn split_percentages(testing: f64, validation: f64) -> Result<(), String> {
+    let share = |v: f64| v.is_finite() && (0.0..100.0).contains(&v);
+    if share(testing) && share(validation) && testing + validation < 100.0 {
+        return Ok(());
+    }
+    Err(format!(
+        "--testing-percentage and --validation-percentage must be numbers from 0 to 100 that add up to less than 100 (got {testing} and {validation})"
+    ))
+}
+
+/// `--input-std`, for retrain and label alike: a divisor, so finite and not zero.
+fn pixel_std(values: &[f32], flag: &str) -> Result<(), String> {
+    match values.iter().find(|v| **v == 0.0 || !v.is_finite()) {
+        Some(v) => Err(format!(
+            "{flag} must be a finite number other than zero (it divides the pixels), got {v}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `--input-mean`: subtracted from the pixels, so finite.
+fn pixel_mean(values: &[f32], flag: &str) -> Result<(), String> {
+    match values.iter().find(|v| !v.is_finite()) {
+        Some(v) => Err(format!("{flag} must be a finite number, got {v}")),
+        None => Ok(()),
+    }
+}
+
+/// A name for a tensor flowers adds to a graph: TensorFlow's rule for node names
+/// (`[A-Za-z0-9.][A-Za-z0-9_./-]*`), which ONNX tools accept too; a `:` would read as a
+/// tensor's output index.
+fn tensor_name(name: &str, flag: &str) -> Result<(), String> {
+    let first = |c: char| c.is_ascii_alphanumeric() || c == '.';
+    let rest = |c: char| first(c) || matches!(c, '_' | '/' | '-');
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(first) && chars.all(rest);
+    if valid {
+        return Ok(());
+    }
+    Err(format!(
+        "{flag} {name:?} is not a valid tensor name: use letters, digits and . _ / - (not first), e.g. final_result"
+    ))
+}
+
+/// The most threads a run may start per core. Extraction is bound by the cores; a few
+/// more threads than cores cover time spent waiting for images on a slow disk, while
+/// each thread costs a stack and the backbone's working buffers, and tens of thousands
+/// fail to start at all (the system's thread limit) after the run has begun.
+const THREADS_PER_CORE: u32 = 4;
+
+/// `--threads`: from 1 to [`THREADS_PER_CORE`] times the cores of this machine.
+fn threads(text: &str) -> Result<u32, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let most = cores.saturating_mul(THREADS_PER_CORE);
+    match text.parse::<u32>() {
+        Ok(n) if (1..=most).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of threads from 1 to {most} ({THREADS_PER_CORE} per core, {cores} cores here), got {text:?}"
+        )),
+    }
+}
+
+/// The largest input side label_image.py's `--input-height/--input-width` may ask for:
+/// ImageNet backbones take 600 pixels at most, and one image of this side is already
+/// 200 MB of floats.
+const MAX_INPUT_SIDE: u32 = 4096;
+
+fn input_side(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_INPUT_SIDE).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a size in pixels from 1 to {MAX_INPUT_SIDE}, got {text:?}"
+        )),
+    }
+}
+
 /// A byte size such as `512MiB`, `2GB` or `1000000` (bytes).
 fn byte_size(text: &str) -> Result<u64, String> {
     parse_size::parse_size(text)
@@ -815,6 +902,45 @@ mod tests {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn numeric_flags_refuse_what_would_break_the_run() {
+        assert!(split_percentages(10.0, 10.0).is_ok());
+        assert!(split_percentages(0.0, 0.0).is_ok());
+        for (t, v) in [
+            (f64::NAN, 10.0),
+            (10.0, f64::NAN),
+            (-1.0, 10.0),
+            (101.0, 0.0),
+            (60.0, 40.0),
+            (f64::INFINITY, 0.0),
+        ] {
+            let error = split_percentages(t, v).unwrap_err();
+            assert!(error.starts_with("--testing-percentage"), "{error}");
+        }
+        for bad in [0.0, f32::NAN, f32::INFINITY, -0.0] {
+            assert!(pixel_std(&[1.0, bad, 1.0], "--input-std").is_err(), "{bad}");
+        }
+        assert!(pixel_std(&[-1.0], "--input-std").is_ok());
+        assert!(pixel_mean(&[f32::NAN], "--input-mean").is_err());
+        assert!(threads("1").is_ok());
+        assert!(threads("0").is_err());
+        assert!(threads("100000").is_err());
+        assert!(threads("-3").is_err());
+        assert!(input_side("224").is_ok());
+        assert!(input_side("100000").is_err());
+    }
+
+    #[test]
+    fn final_tensor_names_follow_tensorflows_rule() {
+        for good in ["final_result", "a/b-c.d", "0", ".x"] {
+            assert!(tensor_name(good, "--final-tensor-name").is_ok(), "{good}");
+        }
+        for bad in ["", "a b", "x:0", "_x", "/x", "-x", "é", "a\nb"] {
+            let error = tensor_name(bad, "--final-tensor-name").unwrap_err();
+            assert!(error.starts_with("--final-tensor-name"), "{error}");
         }
     }
 

@@ -14,6 +14,11 @@ use flowers::util::messages;
 fn main() -> ExitCode {
     flowers::util::panic_guard::install_panic_hook();
     flowers::util::allocator::keep_freed_memory();
+    if let Err(e) = flowers::util::signals::exit_cleanly_on_termination() {
+        messages::warning(format_args!(
+            "cannot watch for SIGTERM ({e}): a stopped run may leave .flowers-tmp-* files"
+        ));
+    }
     let cli = Cli::parse();
     messages::set_quiet(cli.quiet);
     let outcome = match cli.into_request() {

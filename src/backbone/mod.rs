@@ -7,6 +7,7 @@
 
 pub(crate) mod accel;
 pub mod download;
+pub mod names;
 pub mod onnx;
 mod plan;
 pub mod registry;

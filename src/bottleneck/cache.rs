@@ -10,24 +10,44 @@
 //! these checks and is recomputed. Entries are written to a temporary file and renamed, so
 //! an interrupted run never leaves a half-written entry, and runs sharing one cache
 //! directory (on one machine or over NFS) cannot corrupt each other.
+//!
+//! An entry that is no regular file (a FIFO, a link to `/dev/zero`, a directory) is a
+//! miss like any damaged one: it is opened without blocking, never read past the size an
+//! entry of this backbone has, and replaced by the recomputed entry.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::util::atomic::Temporary;
+use crate::util::files::read_regular;
 use crate::util::hex;
 
 const MAGIC: &[u8; 8] = b"FLWRBN01";
 const HEADER_LEN: usize = 8 + 32 + 32 + 4;
 const CHECKSUM_LEN: usize = 32;
 
+/// The most values an entry may hold before its width is known: far above any pooled
+/// feature vector (the known backbones give 1024 to 2048), and it bounds what one
+/// read of an entry of unknown width may cost (16 MiB).
+const MAX_VALUES: usize = 1 << 22;
+
+/// The size in bytes of an entry of `values` values.
+fn entry_len(values: usize) -> usize {
+    HEADER_LEN + values * 4 + CHECKSUM_LEN
+}
+
 /// The on-disk cache of one backbone.
 pub struct Cache {
     dir: PathBuf,
     identity: [u8; 32],
+    /// The bottleneck width, once a valid entry or the backbone has told it: every entry
+    /// of this backbone has exactly `entry_len(width)` bytes.
+    width: OnceLock<usize>,
 }
 
 impl Cache {
@@ -40,7 +60,11 @@ impl Cache {
                 dir.display()
             )
         })?;
-        Ok(Cache { dir, identity })
+        Ok(Cache {
+            dir,
+            identity,
+            width: OnceLock::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -52,21 +76,36 @@ impl Cache {
         self.dir.join(&name[..2]).join(format!("{name}.bn"))
     }
 
-    /// The cached vector for an image, if a valid entry exists.
-    pub fn read(&self, image_sha: &[u8; 32]) -> Option<Vec<f32>> {
-        let bytes = fs::read(self.entry_path(image_sha)).ok()?;
-        decode_entry(&bytes, &self.identity, image_sha)
+    /// Records the bottleneck width the backbone gives, so entries of any other size are
+    /// refused before they are read.
+    pub fn expect_width(&self, width: usize) {
+        let _ = self.width.set(width);
     }
 
-    /// Stores a vector atomically (temporary file, then rename).
+    /// The cached vector for an image, if a valid entry exists. Anything but a regular
+    /// file of an entry's size is a miss, read no further than that size.
+    pub fn read(&self, image_sha: &[u8; 32]) -> Option<Vec<f32>> {
+        let limit = entry_len(self.width.get().copied().unwrap_or(MAX_VALUES));
+        let bytes = read_regular(&self.entry_path(image_sha), limit as u64).ok()?;
+        let vector = decode_entry(&bytes, &self.identity, image_sha)?;
+        let width = *self.width.get_or_init(|| vector.len());
+        (vector.len() == width).then_some(vector)
+    }
+
+    /// Stores a vector atomically (temporary file, then rename), in place of whatever
+    /// was there; an empty directory squatting on the entry's name is removed first.
     pub fn write(&self, image_sha: &[u8; 32], vector: &[f32]) -> std::io::Result<()> {
         let path = self.entry_path(image_sha);
         let parent = path.parent().expect("entry paths have a parent");
         fs::create_dir_all(parent)?;
-        let mut file = tempfile::NamedTempFile::new_in(parent)?;
-        file.write_all(&encode_entry(&self.identity, image_sha, vector))?;
-        file.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        let mut temporary = Temporary::new(parent)?;
+        temporary
+            .as_file_mut()
+            .write_all(&encode_entry(&self.identity, image_sha, vector))?;
+        if fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir()) {
+            fs::remove_dir(&path)?;
+        }
+        temporary.persist(&path)
     }
 }
 
@@ -107,6 +146,7 @@ fn decode_entry(bytes: &[u8], identity: &[u8; 32], image_sha: &[u8; 32]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn entries_round_trip_and_damage_is_detected() {
@@ -135,6 +175,49 @@ mod tests {
         other.write(&image, &vector).unwrap();
         fs::copy(other.entry_path(&image), &path).unwrap();
         assert_eq!(cache.read(&image), None);
+    }
+
+    #[test]
+    fn entries_that_are_no_regular_file_are_misses_and_get_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), [7; 32]).unwrap();
+        let vector = vec![0.5, -1.25, 3.0];
+        let squatted = |byte: u8, make: &dyn Fn(&Path)| {
+            let image = [byte; 32];
+            let path = cache.entry_path(&image);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            make(&path);
+            // A miss at once (no hang on the FIFO, no endless read of /dev/zero)...
+            assert_eq!(cache.read(&image), None, "{}", path.display());
+            // ...then replaced by a real entry.
+            cache.write(&image, &vector).unwrap();
+            assert!(fs::symlink_metadata(&path).unwrap().is_file());
+            assert_eq!(cache.read(&image), Some(vector.clone()));
+        };
+        squatted(1, &|path| {
+            let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+            assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        });
+        squatted(2, &|path| {
+            std::os::unix::fs::symlink("/dev/zero", path).unwrap()
+        });
+        squatted(3, &|path| fs::create_dir(path).unwrap());
+        assert!(fs::metadata("/dev/zero")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+
+    #[test]
+    fn an_entry_of_another_width_is_a_miss_once_the_width_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), [7; 32]).unwrap();
+        cache.write(&[1; 32], &[1.0, 2.0]).unwrap();
+        cache.expect_width(3);
+        assert_eq!(cache.read(&[1; 32]), None);
+        cache.write(&[2; 32], &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(cache.read(&[2; 32]), Some(vec![1.0, 2.0, 3.0]));
     }
 
     #[test]

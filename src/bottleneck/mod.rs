@@ -170,6 +170,7 @@ pub fn extract_scoped(
         (0, Some(writer)) => (None, writer),
         (_, cached) => {
             let plan = backbone.extractor()?;
+            cache.expect_width(plan.output_len);
             let writer = match cached {
                 Some(writer) if writer.dim() == plan.output_len => writer,
                 _ => {

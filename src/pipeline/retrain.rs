@@ -11,7 +11,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{accuracy_gate, thread_pool};
-use crate::backbone::Backbone;
+use crate::backbone::names::is_taken;
+use crate::backbone::{Backbone, ModelFormat};
 use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
 use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
@@ -21,7 +22,7 @@ use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
 use crate::report::{format, Report, RetrainSummary};
 use crate::train::{predictions, train, Examples, FinalLayer};
-use crate::util::atomic::check_writable;
+use crate::util::atomic::{check_writable, create_private_dir, same_destination};
 use crate::util::messages::shown;
 
 /// `flowers retrain`: runs the pipeline, prints the results on `out` (text, or JSON with
@@ -45,9 +46,7 @@ pub fn run_command(options: &RetrainOptions, out: &mut dyn Write) -> Result<u8> 
 /// Runs the whole pipeline and writes the graph and labels.
 pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let start = Instant::now();
-    let default_graph = Path::new("retrained_graph.onnx");
-    check_writable(options.output_graph.as_deref().unwrap_or(default_graph))?;
-    check_writable(&options.output_labels)?;
+    check_outputs(options)?;
     let mut log = TrainingLog::create(
         options.summaries_dir.as_deref(),
         options.report_dir.as_deref(),
@@ -56,6 +55,11 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let dataset = Dataset::discover(&options.image_dir)?;
     report_dataset(&dataset);
     let backbone = Backbone::load(&options.model, &options.overrides)?;
+    let output_graph = output_graph_path(options, &backbone);
+    if options.output_graph.is_none() {
+        check_graph_output(&output_graph, &options.output_labels)?;
+    }
+    check_final_tensor_name(&backbone, &options.final_tensor_name)?;
     let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
     let scope = Scope {
         shard: None,
@@ -107,10 +111,6 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         &dataset.labels,
         &options.final_tensor_name,
     )?;
-    let output_graph = options
-        .output_graph
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("retrained_graph.{}", graph.extension())));
     write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
     crate::info!(
@@ -147,6 +147,61 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         training_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// `--output-graph`, or retrain.py's name with the extension of the backbone's format.
+fn output_graph_path(options: &RetrainOptions, backbone: &Backbone) -> PathBuf {
+    let extension = match backbone.format() {
+        ModelFormat::Onnx => "onnx",
+        ModelFormat::TensorFlow => "pb",
+    };
+    options
+        .output_graph
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("retrained_graph.{extension}")))
+}
+
+/// Checks the output paths before any work: each can be written and is no folder, and
+/// the intermediate graphs' folder is one of this user's. The default graph name waits
+/// for the backbone's format.
+fn check_outputs(options: &RetrainOptions) -> Result<()> {
+    check_writable(&options.output_labels, "--output-labels")?;
+    if let Some(graph) = &options.output_graph {
+        check_graph_output(graph, &options.output_labels)?;
+    }
+    if options.training.snapshot_every.is_some() {
+        create_private_dir(
+            &options.intermediate_output_graphs_dir,
+            "--intermediate-output-graphs-dir",
+        )?;
+    }
+    Ok(())
+}
+
+/// The graph's path can be written, and is not the labels' file (the labels, written
+/// second, would replace the graph).
+fn check_graph_output(graph: &Path, labels: &Path) -> Result<()> {
+    check_writable(graph, "--output-graph")?;
+    if same_destination(graph, labels) {
+        bail!(
+            "--output-labels {} is the same file as --output-graph {}: give them two names",
+            shown(labels),
+            shown(graph)
+        );
+    }
+    Ok(())
+}
+
+/// `--final-tensor-name` must name a new tensor: one the backbone already has (its
+/// `input`, say) would give a graph with two tensors of one name.
+fn check_final_tensor_name(backbone: &Backbone, name: &str) -> Result<()> {
+    if is_taken(backbone, name) {
+        bail!(
+            "--final-tensor-name {name:?} is already a tensor of the backbone {}: choose another name, e.g. final_result",
+            backbone.name
+        );
+    }
+    Ok(())
 }
 
 /// The examples of the three splits, as training uses them.
