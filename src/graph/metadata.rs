@@ -15,10 +15,6 @@ use crate::image::{channels_text, parse_channels, Layout, Preprocessing, ResizeR
 /// per image in flight, and no image classifier is trained on larger inputs.
 pub const MAX_INPUT_SIDE: u32 = 4096;
 
-/// The smallest centre crop: a smaller fraction of the shorter side is a handful of pixels
-/// of a photo, no preprocessing a backbone was trained with.
-pub const MIN_CROP_FRACTION: f32 = 0.05;
-
 /// The keys, all under `flowers.`.
 pub mod keys {
     pub const LABELS: &str = "flowers.labels";
@@ -127,7 +123,8 @@ impl GraphMetadata {
 }
 
 /// Refuses preprocessing no image can be put through, naming the key: found when the
-/// graph is loaded, not blamed on every image.
+/// graph is loaded, not blamed on every image. (The resize rule's range is
+/// [`ResizeRule::parse`]'s, shared with `--resize`.)
 fn check_ranges(p: &Preprocessing) -> Result<()> {
     let sides = 1..=MAX_INPUT_SIDE;
     if !sides.contains(&p.height) || !sides.contains(&p.width) {
@@ -139,18 +136,10 @@ fn check_ranges(p: &Preprocessing) -> Result<()> {
         );
     }
     if let Some(mean) = p.mean.iter().find(|m| !m.is_finite()) {
-        bail!("{} must be finite, got {mean}", keys::MEAN);
+        bail!("{} must be finite, got {mean:?}", keys::MEAN);
     }
     if let Some(std) = p.std.iter().find(|&&s| !(s.is_finite() && s > 0.0)) {
-        bail!("{} must be positive and finite, got {std}", keys::STD);
-    }
-    if let ResizeRule::CenterCrop(fraction) = p.resize {
-        if fraction < MIN_CROP_FRACTION {
-            bail!(
-                "{} center-crop fraction must be at least {MIN_CROP_FRACTION}, got {fraction}",
-                keys::RESIZE
-            );
-        }
+        bail!("{} must be positive and finite, got {std:?}", keys::STD);
     }
     Ok(())
 }
