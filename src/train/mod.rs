@@ -82,7 +82,7 @@ pub fn train(
         // One pass over the layer: 1/batch of the step's own arithmetic.
         if !layer.is_finite() {
             bail!(
-                "training diverged at step {step}: the weights became NaN or infinite with --learning-rate {}; lower --learning-rate (retrain.py's default is 0.01)",
+                "training diverged at step {step}: the weights became NaN or infinite with --learning-rate {:?}; lower --learning-rate (retrain.py's default is 0.01)",
                 options.learning_rate
             );
         }
