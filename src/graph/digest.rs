@@ -11,8 +11,9 @@
 //! It detects damage, not tampering: anyone can recompute it (it is not a signature).
 //!
 //! Graphs without the entry (retrain.py's, older flowers') load unchecked. So that damage to
-//! the entry itself cannot pass for "no digest", the value's own encoding (`sha256:` after
-//! the ONNX length byte, or after `=`) counts as a digest entry even when the key is gone.
+//! the key cannot pass for "no digest", a value still shaped as one where flowers writes it
+//! (the end of an ONNX file; `=sha256:` in a TensorFlow metadata string) counts as a
+//! damaged entry.
 
 use std::ops::Range;
 
@@ -29,9 +30,12 @@ pub const UNSEALED: &str =
 /// Hex digits of a sha256.
 const DIGITS: usize = 64;
 
-/// What comes between the key and the digits: an ONNX `StringStringEntryProto`'s value
-/// field (tag 2, length 71), or the `=` of a TensorFlow metadata string.
-const LEADS: [&[u8]; 2] = [b"\x12\x47sha256:", b"=sha256:"];
+/// What comes between the key and the digits in an ONNX `StringStringEntryProto`: the value
+/// field's tag (2) and length (71).
+const ONNX_LEAD: &[u8] = b"\x12\x47sha256:";
+/// The same in a TensorFlow metadata string, `key=value`.
+const TENSORFLOW_LEAD: &[u8] = b"=sha256:";
+const LEADS: [&[u8]; 2] = [ONNX_LEAD, TENSORFLOW_LEAD];
 
 /// Where a graph's digest is, if it has one.
 #[derive(Debug, PartialEq)]
@@ -48,9 +52,15 @@ fn locate(bytes: &[u8]) -> Found {
     let key = keys::DIGEST.as_bytes();
     match memmem::find_iter(bytes, key).last() {
         Some(at) => digits_after(bytes, at + key.len()).map_or(Found::Damaged, Found::At),
-        None if LEADS.iter().any(|lead| memmem::find(bytes, lead).is_some()) => Found::Damaged,
+        None if value_without_key(bytes) => Found::Damaged,
         None => Found::Absent,
     }
+}
+
+/// Whether a digest value sits where flowers writes one, its key gone.
+fn value_without_key(bytes: &[u8]) -> bool {
+    let before_digits = &bytes[..bytes.len().saturating_sub(DIGITS)];
+    before_digits.ends_with(ONNX_LEAD) || memmem::find(bytes, TENSORFLOW_LEAD).is_some()
 }
 
 /// The 64 lowercase hex digits at `start` behind one of the [`LEADS`].
@@ -155,6 +165,17 @@ mod tests {
         verify(b"\x0a\x05input retrain.py's graph", "g").unwrap();
         let backbone = b"\x12\x58mobilenet sha256:1eb2c8b0f5b0d6b1";
         verify(backbone, "g").unwrap();
+        // A backbone's own metadata shaped as a digest, followed by flowers' entries.
+        let mut inherited = b"\x72\x4f\x0a\x04hash".to_vec();
+        inherited.extend(ONNX_LEAD);
+        inherited.extend(&UNSEALED.as_bytes()["sha256:".len()..]);
+        inherited.extend(b"\x72\x10\x0a\x0eflowers.layout");
+        assert_eq!(locate(&inherited), Found::Absent);
+        let mut bytes = onnx_like(b"body");
+        seal(&mut bytes);
+        let key = memmem::find(&bytes, keys::DIGEST.as_bytes()).unwrap();
+        bytes[key] = b'F';
+        assert_eq!(locate(&bytes), Found::Damaged);
         let mut bytes = tensorflow_like(b"body");
         seal(&mut bytes);
         let key = memmem::find(&bytes, keys::DIGEST.as_bytes()).unwrap();
