@@ -24,6 +24,9 @@ fn main() -> TractResult<()> {
         None => flowers::backbone::DEFAULT_MODEL.to_vec(),
     };
     lap("read");
+    // What `label` checks before decoding a graph flowers wrote (one sha256 pass).
+    flowers::graph::digest::verify(&bytes, "graph")?;
+    lap("digest verify");
     let proto = tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(bytes))?;
     lap("protobuf decode");
     let model = tract_onnx::onnx().model_for_proto_model(&proto)?;

@@ -22,6 +22,10 @@ use crate::util::messages::io_reason;
 /// The labels file read when neither `--labels` nor the graph gives labels.
 pub const DEFAULT_LABELS: &str = "retrained_labels.txt";
 
+/// Why an image whose scores are NaN or infinite was not labelled.
+pub const NOT_FINITE: &str =
+    "the graph gave NaN or infinite scores (damaged or diverged weights): retrain it";
+
 /// label_image.py's options. They describe graphs that do not describe themselves
 /// (retrain.py's); flowers' own graphs carry the truth, and a flag that contradicts it is
 /// ignored with a warning.
@@ -71,6 +75,7 @@ impl RetrainedGraph {
         let bytes = fs::read(path)
             .map_err(|e| anyhow!("cannot read graph {}: {}", path.display(), io_reason(&e)))?;
         let display = path.display().to_string();
+        super::digest::verify(&bytes, &display)?;
         let (labels, plan) = if tensorflow::looks_like_graph_def(&bytes) {
             let graph = tensorflow::decode_graph(bytes, &display)?;
             load_tensorflow(graph, labels_file, flags, &display)?
@@ -91,12 +96,16 @@ impl RetrainedGraph {
         })
     }
 
-    /// Probabilities for one image's bytes, in label order.
+    /// Probabilities for one image's bytes, in label order. NaN or infinite scores are a
+    /// failure of the graph on this image, never an answer.
     pub fn probabilities(&self, bytes: &[u8]) -> Result<Vec<f32>, Problem> {
         let input = self.preprocessing.tensor_from_bytes(bytes)?;
-        self.plan
-            .run(input)
-            .map_err(|e| Problem::InferenceFailed(format!("{e:#}")))
+        let scores = self.plan.run(input);
+        let scores = scores.map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
+        if scores.iter().any(|s| !s.is_finite()) {
+            return Err(Problem::InferenceFailed(NOT_FINITE.into()));
+        }
+        Ok(scores)
     }
 
     /// The `k` most probable labels, best first.

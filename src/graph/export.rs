@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Result};
 use prost::Message;
 use tract_onnx::pb::{self, ModelProto};
 
+use super::digest;
 use super::metadata::{keys, GraphMetadata};
 use crate::backbone::tensorflow::{self, FinalLayerNodes};
 use crate::backbone::{Backbone, BackboneGraph, ModelFormat};
@@ -34,11 +35,14 @@ impl RetrainedGraphFile {
         }
     }
 
+    /// The file's bytes, with the digest of themselves filled in.
     pub fn encode(&self) -> Vec<u8> {
-        match self {
+        let mut bytes = match self {
             RetrainedGraphFile::Onnx(proto) => proto.encode_to_vec(),
             RetrainedGraphFile::TensorFlow(graph) => graph.encode_to_vec(),
-        }
+        };
+        digest::seal(&mut bytes);
+        bytes
     }
 
     /// The usual file name extension of this format.
@@ -51,13 +55,18 @@ impl RetrainedGraphFile {
 }
 
 /// The retrained graph: the backbone cut at its bottleneck plus the new final layer, in
-/// the backbone's format, describing itself (labels, preprocessing) in its metadata.
+/// the backbone's format, describing itself (labels, preprocessing) in its metadata and
+/// carrying its digest. A layer with NaN or infinite weights is refused: such a graph
+/// would answer NaN for every image.
 pub fn retrained_graph(
     backbone: &Backbone,
     layer: &FinalLayer,
     labels: &[String],
     final_tensor_name: &str,
 ) -> Result<RetrainedGraphFile> {
+    if !layer.is_finite() {
+        bail!("the trained layer has NaN or infinite weights: lower --learning-rate and retrain");
+    }
     match &backbone.graph {
         BackboneGraph::Onnx(_) => Ok(RetrainedGraphFile::Onnx(Box::new(retrained_onnx(
             backbone,
@@ -80,7 +89,7 @@ pub fn retrained_graph(
                 weights: &weights,
                 biases: &biases,
                 final_tensor_name,
-                metadata: &metadata.to_entries(),
+                metadata: &entries_with_digest(&metadata),
             };
             Ok(RetrainedGraphFile::TensorFlow(
                 tensorflow::with_final_layer(graph, &nodes)?,
@@ -131,7 +140,7 @@ fn retrained_onnx(
     proto
         .metadata_props
         .retain(|p| !p.key.starts_with(keys::PREFIX));
-    let entries = metadata.to_entries().into_iter();
+    let entries = entries_with_digest(&metadata).into_iter();
     proto
         .metadata_props
         .extend(entries.map(|(key, value)| pb::StringStringEntryProto {
@@ -139,6 +148,13 @@ fn retrained_onnx(
             value,
         }));
     Ok(proto)
+}
+
+/// The metadata entries, then the digest to be sealed once the graph is encoded.
+fn entries_with_digest(metadata: &GraphMetadata) -> Vec<(&'static str, String)> {
+    let mut entries = metadata.to_entries();
+    entries.push((keys::DIGEST, digest::UNSEALED.to_string()));
+    entries
 }
 
 /// Keeps only the nodes, initializers and value infos the bottleneck depends on.

@@ -11,6 +11,10 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::image::{channels_text, parse_channels, Layout, Preprocessing, ResizeRule};
 
+/// The largest input side a graph may ask for: a 4096x4096 RGB float tensor is 192 MiB
+/// per image in flight, and no image classifier is trained on larger inputs.
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
 /// The keys, all under `flowers.`.
 pub mod keys {
     pub const LABELS: &str = "flowers.labels";
@@ -23,6 +27,8 @@ pub mod keys {
     /// TensorFlow graphs only: the tensor images are fed to, and the output.
     pub const INPUT: &str = "flowers.input";
     pub const OUTPUT: &str = "flowers.output";
+    /// The graph's digest of itself, written last (see [`crate::graph::digest`]).
+    pub const DIGEST: &str = "flowers.digest";
     /// Every key begins with this.
     pub const PREFIX: &str = "flowers.";
 }
@@ -85,7 +91,7 @@ impl GraphMetadata {
         let size = get(keys::IMAGE_SIZE)?;
         let [height, width] = size
             .split(',')
-            .map(|v| v.trim().parse::<u32>().ok().filter(|&v| v > 0))
+            .map(|v| v.trim().parse::<u32>().ok())
             .collect::<Option<Vec<u32>>>()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| anyhow!("{} must be height,width, got {size:?}", keys::IMAGE_SIZE))?;
@@ -95,15 +101,10 @@ impl GraphMetadata {
             layout: Layout::parse(get(keys::LAYOUT)?).map_err(|e| anyhow!(e))?,
             mean: parse_channels(get(keys::MEAN)?, keys::MEAN).map_err(|e| anyhow!(e))?,
             std: parse_channels(get(keys::STD)?, keys::STD).map_err(|e| anyhow!(e))?,
-            resize: ResizeRule::parse(get(keys::RESIZE)?).map_err(|e| anyhow!(e))?,
+            resize: ResizeRule::parse(get(keys::RESIZE)?)
+                .map_err(|e| anyhow!("{}: {e}", keys::RESIZE))?,
         };
-        if preprocessing
-            .std
-            .iter()
-            .any(|&s| s == 0.0 || !s.is_finite())
-        {
-            bail!("{} must not be zero", keys::STD);
-        }
+        check_ranges(&preprocessing)?;
         let labels = match map.get(keys::LABELS) {
             Some(json) => Some(
                 serde_json::from_str(json)
@@ -119,6 +120,28 @@ impl GraphMetadata {
             output: map.get(keys::OUTPUT).map(|b| b.to_string()),
         })
     }
+}
+
+/// Refuses preprocessing no image can be put through, naming the key: found when the
+/// graph is loaded, not blamed on every image. (The resize rule's range is
+/// [`ResizeRule::parse`]'s, shared with `--resize`.)
+fn check_ranges(p: &Preprocessing) -> Result<()> {
+    let sides = 1..=MAX_INPUT_SIDE;
+    if !sides.contains(&p.height) || !sides.contains(&p.width) {
+        bail!(
+            "{} must be two sizes from 1 to {MAX_INPUT_SIDE}, got {},{}",
+            keys::IMAGE_SIZE,
+            p.height,
+            p.width
+        );
+    }
+    if let Some(mean) = p.mean.iter().find(|m| !m.is_finite()) {
+        bail!("{} must be finite, got {mean:?}", keys::MEAN);
+    }
+    if let Some(std) = p.std.iter().find(|&&s| !(s.is_finite() && s > 0.0)) {
+        bail!("{} must be positive and finite, got {std:?}", keys::STD);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -206,5 +229,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("height,width"), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_preprocessing_is_refused_naming_the_key() {
+        let entries = sample().to_entries();
+        let with = |key: &str, value: &str| {
+            let kept = entries.iter().filter(|(k, _)| *k != key);
+            let entries = kept.map(|(k, v)| (*k, v.as_str())).chain([(key, value)]);
+            GraphMetadata::from_entries(entries).map(|m| m.preprocessing)
+        };
+        for (key, value) in [
+            (keys::RESIZE, "center-crop:1e-30"),
+            (keys::RESIZE, "center-crop:NaN"),
+            (keys::RESIZE, "center-crop:1.5"),
+            (keys::MEAN, "NaN,0,0"),
+            (keys::MEAN, "inf"),
+            (keys::STD, "0"),
+            (keys::STD, "-1,1,1"),
+            (keys::STD, "1,1,NaN"),
+            (keys::IMAGE_SIZE, "0,224"),
+            (keys::IMAGE_SIZE, "224,100000"),
+            (keys::IMAGE_SIZE, "4294967295,1"),
+        ] {
+            let error = with(key, value).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}={value}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        let edge = with(keys::RESIZE, "center-crop:0.05").unwrap();
+        assert_eq!(edge.resize, ResizeRule::CenterCrop(0.05));
+        let largest = with(keys::IMAGE_SIZE, "4096,4096").unwrap();
+        assert_eq!((largest.height, largest.width), (4096, 4096));
     }
 }

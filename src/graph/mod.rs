@@ -1,7 +1,9 @@
 //! The retrained graph: writing it ([`export`]), what it says about itself
-//! ([`metadata`]), and loading it to classify images ([`classifier`]).
+//! ([`metadata`]), its digest of itself ([`digest`]), and loading it to classify images
+//! ([`classifier`]).
 
 pub mod classifier;
+pub mod digest;
 pub mod export;
 pub mod metadata;
 

@@ -58,6 +58,11 @@ pub enum ResizeRule {
     CenterCrop(f32),
 }
 
+/// The smallest centre crop, for `--resize` and graph metadata alike: a smaller fraction of
+/// the shorter side is a few pixels of a photo, no preprocessing a backbone was trained
+/// with (and near zero the resizer is handed an empty crop).
+pub const MIN_CROP_FRACTION: f32 = 0.05;
+
 impl ResizeRule {
     pub fn parse(s: &str) -> Result<ResizeRule, String> {
         match s {
@@ -71,9 +76,9 @@ impl ResizeRule {
             .ok_or_else(|| {
                 format!("unknown resize rule {s:?} (expected squash, squash-tf or center-crop:F)")
             })?;
-        if !(fraction > 0.0 && fraction <= 1.0) {
+        if !(MIN_CROP_FRACTION..=1.0).contains(&fraction) {
             return Err(format!(
-                "center-crop fraction must be in (0, 1], got {fraction}"
+                "center-crop fraction must be from {MIN_CROP_FRACTION} to 1, got {fraction:?}"
             ));
         }
         Ok(ResizeRule::CenterCrop(fraction))
@@ -279,6 +284,9 @@ mod tests {
         assert_eq!(crop, ResizeRule::CenterCrop(0.875));
         assert_eq!(crop.to_string(), "center-crop:0.875");
         assert!(ResizeRule::parse("center-crop:0").is_err());
+        assert!(ResizeRule::parse("center-crop:1e-30").is_err());
+        assert!(ResizeRule::parse("center-crop:NaN").is_err());
+        assert!(ResizeRule::parse("center-crop:0.05").is_ok());
         assert!(ResizeRule::parse("stretch").is_err());
     }
 

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{accuracy_gate, thread_pool};
 use crate::dataset::Dataset;
+use crate::exit;
 use crate::graph::classifier::LabelImageFlags;
 use crate::graph::RetrainedGraph;
 use crate::options::EvaluateOptions;
@@ -44,6 +45,14 @@ pub fn run_command(options: &EvaluateOptions, out: &mut dyn Write) -> Result<u8>
         crate::info!("Wrote {}", shown(&path));
     }
     format(options.json).evaluation(out, report, &evaluation.skipped)?;
+    if report.failed > 0 && options.assert_accuracy_at_least.is_some() {
+        crate::util::messages::error(&anyhow::anyhow!(
+            "the graph failed on {} of {} images (inference_failed): an evaluation with such failures never passes --assert-accuracy-at-least",
+            report.failed,
+            report.n
+        ));
+        return Ok(exit::ACCURACY_BELOW_GATE);
+    }
     Ok(accuracy_gate(
         options.assert_accuracy_at_least,
         Some(report.accuracy),
@@ -53,6 +62,9 @@ pub fn run_command(options: &EvaluateOptions, out: &mut dyn Write) -> Result<u8>
 
 /// Labels every image of a class-per-folder directory with `graph`, on the current rayon
 /// pool, and compares with the folder names, which must all be labels of the graph.
+/// Unusable files are skipped; images the graph fails on (`inference_failed`, such as NaN
+/// scores) are listed with them and also count as wrong answers, so a broken graph
+/// cannot score well by failing.
 pub fn evaluate_directory(graph: &RetrainedGraph, image_dir: &Path) -> Result<Evaluation> {
     let dataset = Dataset::discover_classes(image_dir, 1)?;
     let to_graph: Vec<usize> = dataset
@@ -64,6 +76,7 @@ pub fn evaluate_directory(graph: &RetrainedGraph, image_dir: &Path) -> Result<Ev
     let results = classify_files(graph, &paths);
     let mut skipped = dataset.skipped.clone();
     let (mut truth, mut predicted, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failed = 0;
     for (image, result) in dataset.images.iter().zip(results) {
         match result {
             Ok(class) => {
@@ -71,19 +84,30 @@ pub fn evaluate_directory(graph: &RetrainedGraph, image_dir: &Path) -> Result<Ev
                 predicted.push(class);
                 names.push(image.relative.clone());
             }
-            Err(problem) => skipped.push(Skipped {
-                path: image.path.clone(),
-                problem,
-            }),
+            Err(problem) => {
+                failed += usize::from(matches!(problem, Problem::InferenceFailed(_)));
+                skipped.push(Skipped {
+                    path: image.path.clone(),
+                    problem,
+                });
+            }
         }
     }
     if truth.is_empty() {
-        bail!("no image of {} could be labelled", shown(image_dir));
+        let first = skipped
+            .iter()
+            .find(|s| matches!(s.problem, Problem::InferenceFailed(_)));
+        match first {
+            Some(first) => bail!(
+                "the graph failed on every image of {}: {}",
+                shown(image_dir),
+                first.problem
+            ),
+            None => bail!("no image of {} could be labelled", shown(image_dir)),
+        }
     }
-    Ok(Evaluation {
-        report: Report::new(&graph.labels, &truth, &predicted, &names),
-        skipped,
-    })
+    let report = Report::new(&graph.labels, &truth, &predicted, &names).with_failures(failed);
+    Ok(Evaluation { report, skipped })
 }
 
 /// The most probable class of each file, on the current rayon pool, in input order.

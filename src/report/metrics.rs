@@ -28,6 +28,9 @@ pub struct ClassMetrics {
 pub struct Report {
     pub accuracy: f64,
     pub n: usize,
+    /// Images of `n` the graph failed on (`inference_failed`, e.g. NaN scores), counted as
+    /// wrong answers: a graph cannot score better by failing.
+    pub failed: usize,
     pub classes: Vec<ClassMetrics>,
     /// `confusion[true][predicted]`, in label order.
     pub confusion: Vec<Vec<usize>>,
@@ -66,11 +69,24 @@ impl Report {
         Report {
             accuracy: correct as f64 / truth.len().max(1) as f64,
             n: truth.len(),
+            failed: 0,
             classes,
             confusion,
             labels: labels.to_vec(),
             misclassified,
         }
+    }
+}
+
+impl Report {
+    /// The report with `failed` more images, which the graph could not classify, counted
+    /// in `n` as wrong answers.
+    pub fn with_failures(mut self, failed: usize) -> Report {
+        let correct: usize = (0..self.labels.len()).map(|c| self.confusion[c][c]).sum();
+        self.n += failed;
+        self.failed += failed;
+        self.accuracy = correct as f64 / self.n.max(1) as f64;
+        self
     }
 }
 
@@ -127,5 +143,10 @@ mod tests {
             text.contains("a              1.000   0.667  0.800        3"),
             "{text}"
         );
+
+        let failing = report.with_failures(2);
+        assert_eq!((failing.n, failing.failed), (8, 2));
+        assert!((failing.accuracy - 4.0 / 8.0).abs() < 1e-12);
+        assert_eq!(failing.confusion[0], [2, 1, 0]);
     }
 }

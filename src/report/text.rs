@@ -49,13 +49,23 @@ impl Format for Text {
         report: &Report,
         skipped: &[Skipped],
     ) -> io::Result<()> {
-        writeln!(
-            out,
-            "Accuracy = {:.1}% (N={}, {} files skipped)",
-            report.accuracy * 100.0,
-            report.n,
-            skipped.len()
-        )?;
+        let accuracy = report.accuracy * 100.0;
+        if report.failed == 0 {
+            writeln!(
+                out,
+                "Accuracy = {accuracy:.1}% (N={}, {} files skipped)",
+                report.n,
+                skipped.len()
+            )?;
+        } else {
+            writeln!(
+                out,
+                "Accuracy = {accuracy:.1}% (N={}, with {} images the graph failed on counted as wrong; {} other files skipped)",
+                report.n,
+                report.failed,
+                skipped.len() - report.failed.min(skipped.len())
+            )?;
+        }
         writeln!(out)?;
         write_tables(out, report)?;
         writeln!(out)?;

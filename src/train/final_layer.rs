@@ -28,6 +28,14 @@ impl FinalLayer {
         }
     }
 
+    /// Whether every weight and bias is a number: false once SGD has diverged.
+    pub fn is_finite(&self) -> bool {
+        self.weights
+            .iter()
+            .chain(&self.biases)
+            .all(|v| v.is_finite())
+    }
+
     /// Class probabilities, one row per input row.
     pub fn probabilities(&self, features: ArrayView2<f32>) -> Array2<f32> {
         let mut logits = features.dot(&self.weights) + &self.biases;

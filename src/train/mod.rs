@@ -4,7 +4,7 @@
 mod examples;
 mod final_layer;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -45,8 +45,18 @@ pub struct ValidationScore {
     pub n: usize,
 }
 
+/// The most memory the bottlenecks of one training or validation batch may take: a batch
+/// is gathered into memory whole, and past this a typing slip (`3000000` for `300`) would
+/// ask the allocator for gigabytes and abort. 1 GiB holds 262,144 MobileNet bottlenecks
+/// (1,024 floats) or 131,072 Inception ones; retrain.py's default batch is 100.
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
+
 /// Trains a new final layer, calling `on_evaluation` every `eval_step_interval` steps and
 /// at the last step, and `on_snapshot` with the step every `snapshot_every` steps.
+///
+/// Refuses, before the first step, batches whose bottlenecks exceed [`MAX_BATCH_BYTES`];
+/// stops at the first step whose weights are no longer finite (SGD diverged), so neither
+/// callback ever sees such a layer.
 pub fn train(
     training: &Examples,
     validation: &Examples,
@@ -55,12 +65,27 @@ pub fn train(
     mut on_evaluation: impl FnMut(&Evaluation, &FinalLayer),
     mut on_snapshot: impl FnMut(usize, &FinalLayer),
 ) -> Result<FinalLayer> {
+    check_batch(
+        "--train-batch-size",
+        options.train_batch_size,
+        training.dim(),
+    )?;
+    if let Some(size) = options.validation_batch_size {
+        check_batch("--validation-batch-size", size, training.dim())?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
     for step in 0..options.steps {
         let rows = training.sample_rows(options.train_batch_size, &mut rng);
         let (features, labels) = training.gather(&rows)?;
         layer.sgd_step(&features, &labels, options.learning_rate);
+        // One pass over the layer: 1/batch of the step's own arithmetic.
+        if !layer.is_finite() {
+            bail!(
+                "training diverged at step {step}: the weights became NaN or infinite with --learning-rate {:?}; lower --learning-rate (retrain.py's default is 0.01)",
+                options.learning_rate
+            );
+        }
         let last = step + 1 == options.steps;
         if last || step % options.eval_step_interval.max(1) == 0 {
             let probabilities = layer.probabilities(features.view());
@@ -80,6 +105,21 @@ pub fn train(
         }
     }
     Ok(layer)
+}
+
+/// Refuses a batch of `size` bottlenecks of `dim` floats over [`MAX_BATCH_BYTES`], naming
+/// the flag and the largest size that fits.
+fn check_batch(flag: &str, size: usize, dim: usize) -> Result<()> {
+    let bytes = size.saturating_mul(dim).saturating_mul(4);
+    if bytes > MAX_BATCH_BYTES {
+        bail!(
+            "{flag} {size} needs {} MiB for one batch of bottlenecks ({dim} floats each), over the limit of {} MiB: lower it to at most {}",
+            bytes >> 20,
+            MAX_BATCH_BYTES >> 20,
+            MAX_BATCH_BYTES / (dim * 4)
+        );
+    }
+    Ok(())
 }
 
 fn validate(
@@ -191,6 +231,74 @@ mod tests {
         let a = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {}).unwrap();
         let b = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {}).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_diverging_rate_stops_at_the_first_non_finite_step() {
+        let training = blobs(20, 4);
+        let empty = examples_of(Array2::zeros((0, 8)), vec![], 3);
+        let mut seen = Vec::new();
+        let mut options = options(50);
+        options.learning_rate = 1e38;
+        options.eval_step_interval = 1;
+        let error = train(
+            &training,
+            &empty,
+            3,
+            &options,
+            |e, layer| seen.push((e.step, layer.is_finite())),
+            |_, _| panic!("no snapshot in 50 steps"),
+        )
+        .unwrap_err()
+        .to_string();
+        let step = seen.len();
+        assert!(seen.iter().all(|&(_, finite)| finite), "{seen:?}");
+        assert!(
+            error.starts_with(&format!("training diverged at step {step}:")),
+            "{error}"
+        );
+        assert!(error.contains("lower --learning-rate"), "{error}");
+        assert!(step < 5, "diverged late: {error}");
+    }
+
+    #[test]
+    fn batches_over_the_memory_limit_are_refused_before_training() {
+        let training = blobs(5, 5);
+        let run = |train_batch_size, validation_batch_size| {
+            let options = TrainingOptions {
+                train_batch_size,
+                validation_batch_size,
+                ..options(10)
+            };
+            let mut evaluations = 0;
+            let result = train(
+                &training,
+                &training,
+                3,
+                &options,
+                |_, _| evaluations += 1,
+                |_, _| {},
+            );
+            (result.err().map(|e| e.to_string()), evaluations)
+        };
+        // Bottlenecks of 8 floats: 2^25 of them fill the limit.
+        let most = MAX_BATCH_BYTES / (8 * 4);
+        assert_eq!(most, 1 << 25);
+        let (error, evaluations) = run(most + 1, None);
+        let error = error.unwrap();
+        assert_eq!(evaluations, 0);
+        assert!(
+            error.starts_with("--train-batch-size 33554433 needs 1024 MiB"),
+            "{error}"
+        );
+        assert!(error.ends_with("lower it to at most 33554432"), "{error}");
+        let (error, _) = run(usize::MAX, None);
+        assert!(error.unwrap().contains("--train-batch-size"));
+        let (error, _) = run(32, Some(most + 1));
+        assert!(error
+            .unwrap()
+            .starts_with("--validation-batch-size 33554433"));
+        assert_eq!(run(32, Some(32)).0, None);
     }
 
     #[test]
