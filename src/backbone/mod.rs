@@ -2,11 +2,14 @@
 //! bottleneck, and running it through tract.
 //!
 //! [`registry`] names the known architectures, [`download`] fetches them, [`onnx`] and
-//! [`tensorflow`] read the two formats, [`plan`] builds tract's runnable plan, and
-//! [`accel`] swaps flowers' own convolution ops into it.
+//! [`tensorflow`] read the two formats, [`limits`] bounds what a graph file may ask for,
+//! [`plan`] builds tract's runnable plan, and [`accel`] swaps flowers' own convolution ops
+//! into it. Loading runs behind the panic guard: a panic in a dependency on a damaged
+//! file becomes a one-line error naming it.
 
 pub(crate) mod accel;
 pub mod download;
+pub mod limits;
 pub mod names;
 pub mod onnx;
 mod plan;
@@ -26,9 +29,9 @@ pub use plan::Plan;
 pub use registry::{Architecture, ModelFormat, DEFAULT_MODEL};
 
 use crate::image::{Layout, Preprocessing, ResizeRule};
-use crate::problem::Problem;
+use crate::util::files::read_regular;
 use crate::util::hex;
-use crate::util::panic_guard::catching_panics;
+use crate::util::panic_guard::catching_panics_in;
 use onnx::{decode_model, find_bottleneck, graph_input, input_geometry, resolve_tensor};
 use registry::{Origin, DEFAULT_MEAN, DEFAULT_RESIZE, DEFAULT_STD};
 
@@ -126,10 +129,10 @@ impl Backbone {
             None if tensorflow::looks_like_graph_def(&bytes) => ModelFormat::TensorFlow,
             None => ModelFormat::Onnx,
         };
-        let loaded = match format {
-            ModelFormat::Onnx => load_onnx(bytes, &display, known.as_ref(), overrides)?,
-            ModelFormat::TensorFlow => load_tensorflow(bytes, &display, known.as_ref(), overrides)?,
-        };
+        let loaded = catching_panics_in(&display, || match format {
+            ModelFormat::Onnx => load_onnx(bytes, &display, known.as_ref(), overrides),
+            ModelFormat::TensorFlow => load_tensorflow(bytes, &display, known.as_ref(), overrides),
+        })?;
         let (mean, std) = known
             .as_ref()
             .map_or(([DEFAULT_MEAN; 3], [DEFAULT_STD; 3]), |a| (a.mean, a.std));
@@ -179,7 +182,7 @@ impl Backbone {
 
     /// Builds the tract plan that maps an input image tensor to the bottleneck vector.
     pub fn extractor(&self) -> Result<Plan> {
-        let plan = match &self.graph {
+        let plan = catching_panics_in(&self.name, || match &self.graph {
             BackboneGraph::Onnx(proto) => {
                 Plan::new(Cow::Borrowed(proto), &self.preprocessing, &self.bottleneck)
             }
@@ -189,7 +192,7 @@ impl Backbone {
                 &self.input_name,
                 &self.bottleneck,
             ),
-        }
+        })
         .with_context(|| format!("cannot prepare backbone {} for inference", self.name))?;
         if plan.output_len == 0 {
             bail!("bottleneck {:?} of {} is empty", self.bottleneck, self.name);
@@ -255,7 +258,10 @@ fn load_tensorflow(
         })?,
     };
     if graph.node(&input).is_none() {
-        bail!("{display} has no input node {input:?}: is it an image classifier's frozen graph?");
+        bail!(
+            "{display} has no input node {}: is it an image classifier's frozen graph?",
+            limits::quote(&input)
+        );
     }
     let bottleneck = match (
         &overrides.bottleneck_tensor,
@@ -381,20 +387,16 @@ fn verify_download(architecture: &Architecture, graph: &Path, member: Option<&st
         }
         Ok(())
     };
-    catching_panics(|| {
-        check().map_err(|e: anyhow::Error| Problem::InferenceFailed(format!("{e:#}")))
-    })
-    .map_err(|problem| match problem {
-        Problem::InferenceFailed(reason) => anyhow!("{reason}"),
-        _ => anyhow!("loading it crashed"),
-    })
-    .with_context(|| format!("it is not a working {} backbone", architecture.name))
+    catching_panics_in(&graph.display().to_string(), check)
+        .with_context(|| format!("it is not a working {} backbone", architecture.name))
 }
 
+/// Reads a model file: a regular file (not a device or a FIFO) of at most
+/// [`limits::MAX_GRAPH_BYTES`].
 fn read_model(path: &Path) -> Result<Bytes> {
-    Ok(std::fs::read(path)
-        .with_context(|| format!("cannot read model {}", path.display()))?
-        .into())
+    let bytes = read_regular(path, limits::MAX_GRAPH_BYTES)
+        .map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
+    Ok(bytes.into())
 }
 
 fn file_stem(path: &Path) -> String {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::konst::Const;
 
+use super::limits::{self, quote, Tally, MAX_ACTIVATION_ELEMENTS, MAX_TENSOR_ELEMENTS};
 use crate::image::{Layout, Preprocessing};
 
 /// Steers tract away from its 512-bit matrix kernels on AMD Zen 4 (CPU family 25).
@@ -90,20 +92,38 @@ impl Plan {
             Layout::Nchw => [1, 3, h, w],
             Layout::Nhwc => [1, h, w, 3],
         };
+        // An output cut from the input (a constant, say) leaves tract a graph without one.
+        if model.input_outlets()?.is_empty() {
+            bail!(
+                "output {} does not depend on the image input",
+                quote(output)
+            );
+        }
         let mut model = model
             .with_input_fact(0, f32::fact(shape).into())?
             .with_outputs_by_name([output])?
             .into_typed()?;
+        check_tensor_sizes(&model)?;
+        let output_node = model.node(model.output_outlets()?[0].node);
+        if output_node.op_is::<Const>() {
+            bail!(
+                "output {} is a constant: it does not depend on the image",
+                quote(output)
+            );
+        }
         super::accel::apply(&mut model)?;
         let model = model.into_optimized()?;
         let fact = model.output_fact(0)?;
         let dims = fact
             .shape
             .as_concrete()
-            .ok_or_else(|| anyhow!("output {output:?} has no fixed shape"))?
+            .ok_or_else(|| anyhow!("output {} has no fixed shape", quote(output)))?
             .to_vec();
         if dims.len() == 4 && dims[2] * dims[3] != 1 && dims[1] * dims[2] != 1 {
-            bail!("output {output:?} has shape {dims:?}, not a pooled feature vector");
+            bail!(
+                "output {} has shape {dims:?}, not a pooled feature vector",
+                quote(output)
+            );
         }
         let output_len = dims.iter().skip(1).product();
         Ok(Plan {
@@ -119,4 +139,30 @@ impl Plan {
         let values = outputs[0].to_plain_array_view::<f32>()?;
         Ok(values.iter().copied().collect())
     }
+}
+
+/// Every tensor tract inferred for one image, and all of them together, within
+/// [`limits`]: checked once the shapes are known and before optimisation, which folds
+/// constants and plans the buffers running the graph will allocate.
+fn check_tensor_sizes(model: &TypedModel) -> Result<()> {
+    let mut total = Tally::default();
+    for node in model.nodes() {
+        for output in &node.outputs {
+            let Some(dims) = output.fact.shape.as_concrete() else {
+                continue;
+            };
+            let count = limits::element_count(dims.iter().map(|&d| d as i64))
+                .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "node {} makes a tensor of shape {dims:?}, over the limit of {MAX_TENSOR_ELEMENTS} values",
+                        quote(&node.name)
+                    )
+                })?;
+            total.add(count, MAX_ACTIVATION_ELEMENTS).map_err(|sum| {
+                anyhow!("its tensors for one image hold {sum} values or more, over the limit of {MAX_ACTIVATION_ELEMENTS}")
+            })?;
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,10 @@ use tfpb::tensor_shape_proto::Dim;
 use tfpb::{AttrValue, DataType, TensorProto, TensorShapeProto, VersionDef};
 use tract_tensorflow::tfpb::tensorflow as tfpb;
 
+use super::limits::{
+    self, quote, Tally, MAX_CONSTANT_ELEMENTS, MAX_GENERATED_ELEMENTS, MAX_TENSOR_ELEMENTS,
+};
+
 /// A frozen graph. Only the fields frozen graphs use: nodes and versions.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GraphDef {
@@ -47,6 +51,20 @@ pub struct NodeDef {
     pub attr: BTreeMap<String, AttrValue>,
 }
 
+/// A first, shallow decoding of a `GraphDef`: its nodes' attributes only sliced, so that
+/// they are counted before the full decoding gives each a record of its own.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ShallowGraphDef {
+    #[prost(message, repeated, tag = "1")]
+    node: Vec<ShallowNodeDef>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ShallowNodeDef {
+    #[prost(bytes = "bytes", repeated, tag = "5")]
+    attr: Vec<Bytes>,
+}
+
 /// The name of the constant holding flowers' metadata in a retrained graph.
 pub const METADATA_NODE: &str = "flowers_metadata";
 
@@ -57,14 +75,226 @@ pub fn looks_like_graph_def(bytes: &[u8]) -> bool {
     bytes.first() == Some(&0x0a)
 }
 
-/// Decodes a frozen graph, with a message a user can act on.
+/// Decodes a frozen graph, with a message a user can act on, and checks it against
+/// [`limits`] before anything is built from it.
 pub fn decode_graph(bytes: impl Into<Bytes>, display: &str) -> Result<GraphDef> {
-    let graph = GraphDef::decode(bytes.into())
-        .map_err(|_| anyhow!("{display} is not a TensorFlow graph (protobuf decoding failed)"))?;
+    let bytes = bytes.into();
+    let not_tf = || anyhow!("{display} is not a TensorFlow graph (protobuf decoding failed)");
+    let shallow = ShallowGraphDef::decode(bytes.clone()).map_err(|_| not_tf())?;
+    let attributes = shallow.node.iter().map(|n| n.attr.len()).sum();
+    limits::check_counts(shallow.node.len(), attributes)
+        .with_context(|| format!("{display} is refused"))?;
+    drop(shallow);
+    let graph = GraphDef::decode(bytes).map_err(|_| not_tf())?;
     if graph.node.is_empty() {
         bail!("{display} is not a TensorFlow graph (it has no nodes)");
     }
+    check_graph(&graph).with_context(|| format!("{display} is refused"))?;
     Ok(graph)
+}
+
+/// Everything about a frozen graph that must hold before it is rewritten or tract sees
+/// it: a bounded acyclic graph, constants whose declared sizes are
+/// bounded and match the data present (one `float_val` may stand for a whole tensor, so
+/// the declared shape is what counts), and generators (`Fill`, `Tile`, `Range`,
+/// `BroadcastTo`, the random ones) whose constant arguments ask for a bounded tensor: tract evaluates
+/// those while it loads the graph, and an allocation that fails aborts.
+pub fn check_graph(graph: &GraphDef) -> Result<()> {
+    let index: HashMap<&str, usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut producers = Vec::with_capacity(graph.node.len());
+    for node in &graph.node {
+        let mut inputs = Vec::with_capacity(node.input.len());
+        // An input that names no node is reported when the nodes tract needs are
+        // gathered (`ancestors`), and only if it is on the way to the output.
+        inputs.extend(
+            node.input
+                .iter()
+                .filter_map(|i| index.get(node_name(i)).copied()),
+        );
+        producers.push(inputs);
+    }
+    limits::check_structure(&producers)?;
+    let (mut constants, mut generated) = (Tally::default(), Tally::default());
+    for node in graph.node.iter().filter(|n| n.op == "Const") {
+        check_const(node, &mut constants, &mut generated)?;
+    }
+    check_generators(graph, &index, generated)
+}
+
+/// A constant's declared size is bounded and its data fits it; what TensorFlow would
+/// repeat from a shorter value list counts as generated.
+fn check_const(node: &NodeDef, total: &mut Tally, generated: &mut Tally) -> Result<()> {
+    let name = quote(&node.name);
+    let Some(AttrKind::Tensor(tensor)) = node.attr.get("value").and_then(|v| v.value.as_ref())
+    else {
+        bail!("constant {name} has no value");
+    };
+    let count = checked_count(tensor)
+        .ok_or_else(|| anyhow!("constant {name} has an invalid or unknown shape"))?;
+    if count > MAX_TENSOR_ELEMENTS {
+        bail!("constant {name} declares {count} values, over the limit of {MAX_TENSOR_ELEMENTS}");
+    }
+    if !tensor.tensor_content.is_empty() {
+        let size = dtype_size(tensor.dtype).ok_or_else(|| {
+            anyhow!(
+                "constant {name} has raw content of data type {}, which flowers cannot read",
+                tensor.dtype
+            )
+        })?;
+        if tensor.tensor_content.len() as u64 != count * size {
+            bail!(
+                "constant {name} declares {count} values but holds {} bytes of data",
+                tensor.tensor_content.len()
+            );
+        }
+    } else if listed_values(tensor) < count {
+        generated.add(count, MAX_GENERATED_ELEMENTS).map_err(|_| {
+            anyhow!(super::onnx::generated_too_much(
+                &node.name,
+                &node.op,
+                count as f64
+            ))
+        })?;
+    }
+    total.add(count, MAX_CONSTANT_ELEMENTS).map_err(|sum| {
+        anyhow!(
+            "its constants hold {sum} values or more, over the limit of {MAX_CONSTANT_ELEMENTS}"
+        )
+    })
+}
+
+/// How many values a tensor lists in its typed fields.
+fn listed_values(tensor: &TensorProto) -> u64 {
+    [
+        tensor.half_val.len(),
+        tensor.float_val.len(),
+        tensor.double_val.len(),
+        tensor.int_val.len(),
+        tensor.string_val.len(),
+        tensor.scomplex_val.len() / 2,
+        tensor.int64_val.len(),
+        tensor.bool_val.len(),
+        tensor.dcomplex_val.len() / 2,
+        tensor.uint32_val.len(),
+        tensor.uint64_val.len(),
+    ]
+    .iter()
+    .sum::<usize>() as u64
+}
+
+/// The number of values a tensor declares; `None` for an unknown or overflowing shape.
+fn checked_count(tensor: &TensorProto) -> Option<u64> {
+    match &tensor.tensor_shape {
+        None => Some(1),
+        Some(shape) if shape.unknown_rank => None,
+        Some(shape) => limits::element_count(shape.dim.iter().map(|d| d.size)),
+    }
+}
+
+/// Bytes per value of the data types whose raw `tensor_content` flowers reads.
+fn dtype_size(dtype: i32) -> Option<u64> {
+    use DataType as T;
+    Some(match T::try_from(dtype).ok()? {
+        T::DtUint8 | T::DtInt8 | T::DtBool | T::DtQint8 | T::DtQuint8 => 1,
+        T::DtInt16 | T::DtUint16 | T::DtHalf | T::DtBfloat16 | T::DtQint16 | T::DtQuint16 => 2,
+        T::DtFloat | T::DtInt32 | T::DtUint32 | T::DtQint32 => 4,
+        T::DtDouble | T::DtInt64 | T::DtUint64 | T::DtComplex64 => 8,
+        T::DtComplex128 => 16,
+        _ => return None,
+    })
+}
+
+/// The generators tract evaluates while loading when their arguments are constants: what
+/// they ask for counts as generated, with the constants' repeated values.
+fn check_generators(
+    graph: &GraphDef,
+    index: &HashMap<&str, usize>,
+    mut generated: Tally,
+) -> Result<()> {
+    // A constant argument, followed through `Identity` (frozen graphs read every weight
+    // through one); bounded, so that a cycle of identities cannot loop.
+    let values = |name: &str| -> Option<Vec<f64>> {
+        let mut node = &graph.node[*index.get(node_name(name))?];
+        for _ in 0..=limits::MAX_DEPTH {
+            match node.op.as_str() {
+                "Const" => return const_values(node),
+                "Identity" => node = &graph.node[*index.get(node_name(node.input.first()?))?],
+                _ => return None,
+            }
+        }
+        None
+    };
+    for node in &graph.node {
+        let argument = |i: usize| node.input.get(i).and_then(|name| values(name));
+        let asked = match node.op.as_str() {
+            "Fill" | "BroadcastTo" | "RandomUniform" | "RandomUniformInt" => {
+                let i = usize::from(node.op == "BroadcastTo");
+                argument(i).map(|dims| super::onnx::product(&dims))
+            }
+            "Tile" => argument(1).map(|multiples| super::onnx::product(&multiples)),
+            "Range" => match (argument(0), argument(1), argument(2)) {
+                (Some(start), Some(limit), Some(delta)) => {
+                    Some(super::onnx::range_length(&start, &limit, &delta))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(asked) = asked {
+            // Saturating: an infinite or huge ask is past any limit.
+            generated
+                .add(asked.min(u64::MAX as f64) as u64, MAX_GENERATED_ELEMENTS)
+                .map_err(|_| {
+                    anyhow!(super::onnx::generated_too_much(&node.name, &node.op, asked))
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The values of a short integer or float constant (a shape, a scalar), as TensorFlow
+/// reads them: a shorter value list repeats its last value.
+fn const_values(node: &NodeDef) -> Option<Vec<f64>> {
+    let Some(AttrKind::Tensor(tensor)) = node.attr.get("value")?.value.as_ref() else {
+        return None;
+    };
+    let count = checked_count(tensor).filter(|&c| c <= 64)? as usize;
+    let content = &tensor.tensor_content;
+    let listed: Vec<f64> = match DataType::try_from(tensor.dtype).ok()? {
+        DataType::DtInt32 if content.is_empty() => {
+            tensor.int_val.iter().map(|&v| f64::from(v)).collect()
+        }
+        DataType::DtInt64 if content.is_empty() => {
+            tensor.int64_val.iter().map(|&v| v as f64).collect()
+        }
+        DataType::DtFloat if content.is_empty() => {
+            tensor.float_val.iter().map(|&v| f64::from(v)).collect()
+        }
+        DataType::DtInt32 => content
+            .chunks_exact(4)
+            .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        DataType::DtInt64 => content
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()) as f64)
+            .collect(),
+        DataType::DtFloat => content
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => return None,
+    };
+    let last = *listed.last()?;
+    Some(
+        (0..count)
+            .map(|i| listed.get(i).copied().unwrap_or(last))
+            .collect(),
+    )
 }
 
 /// The node name of a tensor name: `pool_3/_reshape:0` -> `pool_3/_reshape`.
@@ -91,7 +321,7 @@ impl GraphDef {
         while let Some(name) = stack.pop() {
             let node = by_name
                 .get(name)
-                .ok_or_else(|| anyhow!("the graph has no node {name:?}"))?;
+                .ok_or_else(|| anyhow!("the graph has no node {}", quote(name)))?;
             if !needed.insert(node.name.as_str()) || Some(name) == stop {
                 continue;
             }
@@ -143,7 +373,7 @@ pub fn for_tract(
 ) -> Result<tfpb::GraphDef> {
     let input = node_name(input);
     if graph.node(input).is_none() {
-        bail!("the graph has no input node {input:?}");
+        bail!("the graph has no input node {}", quote(input));
     }
     let kept = graph.ancestors(&[output], Some(input))?;
     let consts: HashMap<&str, &NodeDef> = graph
@@ -224,10 +454,10 @@ fn shape_proto(dims: &[i64]) -> TensorShapeProto {
 fn const_tensor<'a>(consts: &HashMap<&str, &'a NodeDef>, name: &str) -> Result<&'a TensorProto> {
     let node = consts
         .get(node_name(name))
-        .ok_or_else(|| anyhow!("{name:?} is not a constant"))?;
+        .ok_or_else(|| anyhow!("{} is not a constant", quote(name)))?;
     match node.attr.get("value").and_then(|v| v.value.as_ref()) {
         Some(AttrKind::Tensor(tensor)) => Ok(tensor),
-        _ => bail!("constant {name:?} has no value"),
+        _ => bail!("constant {} has no value", quote(name)),
     }
 }
 
@@ -235,7 +465,7 @@ fn const_tensor<'a>(consts: &HashMap<&str, &'a NodeDef>, name: &str) -> Result<&
 fn const_floats(consts: &HashMap<&str, &NodeDef>, name: &str) -> Result<Vec<f32>> {
     let tensor = const_tensor(consts, name)?;
     if tensor.dtype != DataType::DtFloat as i32 {
-        bail!("constant {name:?} is not float");
+        bail!("constant {} is not float", quote(name));
     }
     let count = element_count(tensor);
     let values: Vec<f32> = if !tensor.tensor_content.is_empty() {
@@ -279,7 +509,7 @@ fn float_const(name: &str, dims: &[i64], values: &[f32]) -> NodeDef {
 /// `Dequantize(q, min, max)` of constants, computed now into a float constant, as
 /// TensorFlow computes it for `quint8` (modes `MIN_FIRST` and `MIN_COMBINED`).
 fn fold_dequantize(node: &NodeDef, consts: &HashMap<&str, &NodeDef>) -> Result<NodeDef> {
-    let context = || format!("cannot fold Dequantize node {:?}", node.name);
+    let context = || format!("cannot fold Dequantize node {}", quote(&node.name));
     let [q, min, max] = &node.input[..] else {
         bail!("{}: it has {} inputs, not 3", context(), node.input.len());
     };
@@ -292,8 +522,14 @@ fn fold_dequantize(node: &NodeDef, consts: &HashMap<&str, &NodeDef>) -> Result<N
     } else {
         quantized.tensor_content.clone()
     };
-    let min = const_floats(consts, min).with_context(context)?[0];
-    let max = const_floats(consts, max).with_context(context)?[0];
+    let first = |name: &str| -> Result<f32> {
+        let values = const_floats(consts, name).with_context(context)?;
+        values
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow!("{}: {} is empty", context(), quote(name)))
+    };
+    let (min, max) = (first(min)?, first(max)?);
     let mode = match node.attr.get("mode").and_then(|v| v.value.as_ref()) {
         Some(AttrKind::S(mode)) => String::from_utf8_lossy(mode).into_owned(),
         _ => "MIN_COMBINED".into(),
@@ -323,7 +559,7 @@ fn fold_dequantize(node: &NodeDef, consts: &HashMap<&str, &NodeDef>) -> Result<N
 /// `scale_after_normalization`) and an `Add` of `beta - mean * scale`; the `Add` keeps the
 /// node's name, so its readers need no change.
 fn fold_batch_norm(node: &NodeDef, consts: &HashMap<&str, &NodeDef>) -> Result<Vec<NodeDef>> {
-    let context = || format!("cannot fold batch normalisation {:?}", node.name);
+    let context = || format!("cannot fold batch normalisation {}", quote(&node.name));
     let [t, mean, variance, beta, gamma] = &node.input[..] else {
         bail!("{}: it has {} inputs, not 5", context(), node.input.len());
     };

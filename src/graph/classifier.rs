@@ -12,12 +12,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use super::metadata::GraphMetadata;
+use crate::backbone::limits::{self, quote};
 use crate::backbone::onnx::decode_model;
 use crate::backbone::tensorflow::{self, GraphDef};
 use crate::backbone::Plan;
 use crate::image::{Layout, Preprocessing, ResizeRule};
 use crate::problem::Problem;
-use crate::util::messages::io_reason;
+use crate::util::files::read_regular;
+use crate::util::panic_guard::catching_panics_in;
 
 /// The labels file read when neither `--labels` nor the graph gives labels.
 pub const DEFAULT_LABELS: &str = "retrained_labels.txt";
@@ -72,16 +74,29 @@ impl RetrainedGraph {
         labels_file: Option<&Path>,
         flags: &LabelImageFlags,
     ) -> Result<RetrainedGraph> {
-        let bytes = fs::read(path)
-            .map_err(|e| anyhow!("cannot read graph {}: {}", path.display(), io_reason(&e)))?;
-        let display = path.display().to_string();
-        super::digest::verify(&bytes, &display)?;
-        let (labels, plan) = if tensorflow::looks_like_graph_def(&bytes) {
-            let graph = tensorflow::decode_graph(bytes, &display)?;
-            load_tensorflow(graph, labels_file, flags, &display)?
-        } else {
-            load_onnx(bytes, labels_file, flags, &display)?
-        };
+        let bytes = read_regular(path, limits::MAX_GRAPH_BYTES)
+            .map_err(|e| anyhow!("cannot read graph {}: {e}", path.display()))?;
+        RetrainedGraph::from_bytes(bytes, &path.display().to_string(), labels_file, flags)
+    }
+
+    /// [`RetrainedGraph::load`] for a graph already read, shown as `display` in errors.
+    /// Decoding, the checks and tract's model building run behind the panic guard, so a
+    /// panic on a damaged graph is an error naming it.
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        display: &str,
+        labels_file: Option<&Path>,
+        flags: &LabelImageFlags,
+    ) -> Result<RetrainedGraph> {
+        super::digest::verify(&bytes, display)?;
+        let (labels, plan) = catching_panics_in(display, || {
+            if tensorflow::looks_like_graph_def(&bytes) {
+                let graph = tensorflow::decode_graph(bytes, display)?;
+                load_tensorflow(graph, labels_file, flags, display)
+            } else {
+                load_onnx(bytes, labels_file, flags, display)
+            }
+        })?;
         if labels.len() != plan.output_len {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",
@@ -204,7 +219,10 @@ fn load_tensorflow(
     };
     for name in [&input, &output] {
         if graph.node(tensorflow::node_name(name)).is_none() {
-            bail!("{display} has no node {name:?}: give the right one with --input_layer / --output_layer");
+            bail!(
+                "{display} has no node {}: give the right one with --input_layer / --output_layer",
+                quote(name)
+            );
         }
     }
     let labels = resolve_labels(embedded, labels_file, display)?;
@@ -270,10 +288,16 @@ fn warn_about_flags(
             .is_none_or(|f| tensorflow::node_name(f) == tensorflow::node_name(name))
     };
     if !same_tensor(&flags.input_layer, input) {
-        contradictions.push(format!("--input_layer (the graph is fed at {input:?})"));
+        contradictions.push(format!(
+            "--input_layer (the graph is fed at {})",
+            quote(input)
+        ));
     }
     if !same_tensor(&flags.output_layer, output) {
-        contradictions.push(format!("--output_layer (the graph's output is {output:?})"));
+        contradictions.push(format!(
+            "--output_layer (the graph's output is {})",
+            quote(output)
+        ));
     }
     if !contradictions.is_empty() {
         crate::warn!(
@@ -318,19 +342,24 @@ fn first_difference(a: &[String], b: &[String]) -> String {
     a.iter()
         .zip(b)
         .position(|(x, y)| x != y)
-        .map(|i| format!("; line {} is {:?}, expected {:?}", i + 1, a[i], b[i]))
+        .map(|i| {
+            format!(
+                "; line {} is {}, expected {}",
+                i + 1,
+                quote(&a[i]),
+                quote(&b[i])
+            )
+        })
         .unwrap_or_default()
 }
 
-/// Reads a labels file: one label per line; a trailing empty line is allowed.
+/// Reads a labels file: one label per line; a trailing empty line is allowed. Like a
+/// graph, it must be a regular file, of at most [`limits::MAX_LABELS_BYTES`].
 pub fn read_labels(path: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        anyhow!(
-            "cannot read labels file {}: {}",
-            path.display(),
-            io_reason(&e)
-        )
-    })?;
+    let bytes = read_regular(path, limits::MAX_LABELS_BYTES)
+        .map_err(|e| anyhow!("cannot read labels file {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow!("labels file {} is not UTF-8 text", path.display()))?;
     Ok(text
         .lines()
         .map(|l| l.trim_end_matches('\r').to_string())
