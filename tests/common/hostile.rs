@@ -39,6 +39,8 @@ pub fn run_bounded(args: &[&str], cwd: &Path, env: &[(&str, &str)], deadline: Du
     for (key, value) in env {
         command.env(key, value);
     }
+    // The child is reaped below by `wait4` (which also gives its rusage), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let mut child = command.spawn().expect("flowers starts");
     let pid = child.id() as libc::pid_t;
     let stdout = drain(child.stdout.take().unwrap());
@@ -55,7 +57,11 @@ pub fn run_bounded(args: &[&str], cwd: &Path, env: &[(&str, &str)], deadline: Du
         if reaped == pid {
             break;
         }
-        assert!(reaped == 0, "wait4 failed: {}", std::io::Error::last_os_error());
+        assert!(
+            reaped == 0,
+            "wait4 failed: {}",
+            std::io::Error::last_os_error()
+        );
         if start.elapsed() > deadline && !timed_out {
             timed_out = true;
             // SAFETY: sends a signal to our own unreaped child; no memory is involved.
