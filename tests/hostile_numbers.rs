@@ -322,6 +322,7 @@ fn a_batch_past_the_memory_limit_is_refused_before_training() {
             "--train-batch-size 3000000 needs 11718 MiB",
         ),
         ("--validation-batch-size", "--validation-batch-size 3000000"),
+        ("--test-batch-size", "--test-batch-size 3000000"),
     ] {
         let run = retrain(work.path(), &[flag, "3000000"]);
         assert_refused(

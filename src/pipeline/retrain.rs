@@ -21,7 +21,7 @@ use crate::options::RetrainOptions;
 use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
 use crate::report::{format, Report, RetrainSummary};
-use crate::train::{predictions, train, Examples, FinalLayer};
+use crate::train::{check_batch, predictions, train, Examples, FinalLayer};
 use crate::util::atomic::{check_writable, create_private_dir, same_destination};
 use crate::util::messages::shown;
 
@@ -78,6 +78,9 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     );
     let sets = training_sets(&dataset, bottlenecks, &backbone, &cache, &pool, options)?;
     let [training, validation, testing] = &sets.splits;
+    if let Some(size) = options.test_batch_size {
+        check_batch("--test-batch-size", size, training.dim())?;
+    }
     let training_start = Instant::now();
     let mut snapshot_error = None;
     let layer = train(

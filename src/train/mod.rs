@@ -109,7 +109,7 @@ pub fn train(
 
 /// Refuses a batch of `size` bottlenecks of `dim` floats over [`MAX_BATCH_BYTES`], naming
 /// the flag and the largest size that fits.
-fn check_batch(flag: &str, size: usize, dim: usize) -> Result<()> {
+pub fn check_batch(flag: &str, size: usize, dim: usize) -> Result<()> {
     let bytes = size.saturating_mul(dim).saturating_mul(4);
     if bytes > MAX_BATCH_BYTES {
         bail!(
