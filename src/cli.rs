@@ -80,7 +80,7 @@ pub struct ExtractArgs {
     #[command(flatten)]
     pub backbone: BackboneArgs,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads, at most 4 per core [default: all cores].
     #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 
@@ -277,7 +277,7 @@ pub struct RetrainArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
-    /// Worker threads for bottleneck extraction [default: all cores].
+    /// Worker threads for bottleneck extraction, at most 4 per core [default: all cores].
     #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 
@@ -413,7 +413,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub assert_accuracy_at_least: Option<f64>,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads, at most 4 per core [default: all cores].
     #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 }
@@ -540,7 +540,7 @@ pub struct LabelArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads, at most 4 per core [default: all cores].
     #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 }

@@ -221,12 +221,12 @@ fn graph_and_labels_through_a_link_are_refused_before_extraction() {
 fn an_output_that_is_a_folder_is_refused_before_extraction() {
     refused_before_work(
         &retrain_args(&["--output-graph", "a_folder"]),
-        "--output-graph a_folder: it is a directory",
+        "--output-graph: cannot write a_folder: it is a directory",
         EARLY_MIB,
     );
     refused_before_work(
         &retrain_args(&["--output-labels", "a_folder/"]),
-        "--output-labels a_folder/: it is a directory",
+        "--output-labels: cannot write a_folder/: it is a directory",
         EARLY_MIB,
     );
 }

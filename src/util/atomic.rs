@@ -263,7 +263,13 @@ pub fn check_writable(path: &Path, flag: &str) -> Result<()> {
         Ok(Destination::Through) => writable_in_place(path),
         Err(e) => Err(e),
     };
-    checked.map_err(|e| anyhow!("{flag} {}: {}", shown(path), explain(path, &e)))
+    checked.map_err(|e| {
+        anyhow!(
+            "{flag}: cannot write {}: {}",
+            shown(path),
+            explain(path, &e)
+        )
+    })
 }
 
 /// Write permission on an existing non-regular file, without opening it: opening a FIFO
@@ -450,7 +456,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let error = check_writable(dir.path(), "--output-labels").unwrap_err();
         let text = error.to_string();
-        assert!(text.starts_with("--output-labels "), "{text}");
+        assert!(text.starts_with("--output-labels: cannot write "), "{text}");
         assert!(text.contains("it is a directory"), "{text}");
         assert!(write_atomically(dir.path(), b"x").is_err());
     }
