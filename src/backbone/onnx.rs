@@ -104,7 +104,7 @@ fn check_tensor(tensor: &TensorProto, what: &str, total: &mut Tally) -> Result<(
             + tensor.int64_data.len()
             + tensor.double_data.len()
             + tensor.uint64_data.len()) as u64
-    } else if tensor.raw_data.len() as u64 % size == 0 {
+    } else if (tensor.raw_data.len() as u64).is_multiple_of(size) {
         tensor.raw_data.len() as u64 / size
     } else {
         u64::MAX
