@@ -123,7 +123,7 @@ fn encode_entry(identity: &[u8; 32], image_sha: &[u8; 32], vector: &[f32]) -> Ve
     bytes
 }
 
-fn decode_entry(bytes: &[u8], identity: &[u8; 32], image_sha: &[u8; 32]) -> Option<Vec<f32>> {
+pub fn decode_entry(bytes: &[u8], identity: &[u8; 32], image_sha: &[u8; 32]) -> Option<Vec<f32>> {
     if bytes.len() < HEADER_LEN + CHECKSUM_LEN || &bytes[..8] != MAGIC {
         return None;
     }
