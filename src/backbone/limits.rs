@@ -63,18 +63,7 @@ pub const MAX_ONNX_IR_VERSION: i64 = 11;
 /// operator set from the future may change what an operator computes.
 pub const MAX_ONNX_OPSET: i64 = 23;
 
-/// Most characters of a name or a line from a file quoted in an error: enough to
-/// recognise it, never a megabyte on the terminal.
-pub const MAX_QUOTED_CHARS: usize = 80;
-
-/// `text` in quotes, cut to [`MAX_QUOTED_CHARS`] characters (an ellipsis says it was).
-pub fn quote(text: &str) -> String {
-    if text.chars().count() <= MAX_QUOTED_CHARS {
-        return format!("{text:?}");
-    }
-    let cut: String = text.chars().take(MAX_QUOTED_CHARS).collect();
-    format!("{:?}...", cut)
-}
+pub use crate::util::messages::{quote, MAX_QUOTED_CHARS};
 
 /// The product of `dims` if every one is non-negative and the product stays within
 /// `u64`; `None` for a negative (unknown) dimension or an overflow.

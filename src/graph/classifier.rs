@@ -158,7 +158,9 @@ fn load_onnx(
     let entries = proto.metadata_props.iter();
     let metadata = GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
         .with_context(|| {
-            format!("{display} lacks flowers metadata: was it written by `flowers retrain`?")
+            format!(
+                "{display} has no usable flowers metadata (was it written by `flowers retrain`?)"
+            )
         })?;
     let output = proto
         .graph

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Result};
 
 use crate::image::{channels_text, parse_channels, Layout, Preprocessing, ResizeRule};
+use crate::util::messages::quote;
 
 /// The largest input side a graph may ask for: a 4096x4096 RGB float tensor is 192 MiB
 /// per image in flight, and no image classifier is trained on larger inputs.
@@ -94,7 +95,13 @@ impl GraphMetadata {
             .map(|v| v.trim().parse::<u32>().ok())
             .collect::<Option<Vec<u32>>>()
             .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| anyhow!("{} must be height,width, got {size:?}", keys::IMAGE_SIZE))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} must be height,width, got {}",
+                    keys::IMAGE_SIZE,
+                    quote(size)
+                )
+            })?;
         let preprocessing = Preprocessing {
             height,
             width,

@@ -18,6 +18,7 @@ pub use decode::{decode_rgb, sniff_format, FORMATS, MAX_DECODE_BYTES, MAX_SIDE};
 pub use distort::Distortions;
 
 use crate::problem::Problem;
+use crate::util::messages::quote;
 use crate::util::panic_guard::catching_panics;
 
 /// Memory order of the input tensor.
@@ -39,7 +40,10 @@ impl Layout {
         match s {
             "NCHW" => Ok(Layout::Nchw),
             "NHWC" => Ok(Layout::Nhwc),
-            _ => Err(format!("unknown layout {s:?} (expected NCHW or NHWC)")),
+            _ => Err(format!(
+                "unknown layout {} (expected NCHW or NHWC)",
+                quote(s)
+            )),
         }
     }
 }
@@ -74,7 +78,10 @@ impl ResizeRule {
             .strip_prefix("center-crop:")
             .and_then(|f| f.parse::<f32>().ok())
             .ok_or_else(|| {
-                format!("unknown resize rule {s:?} (expected squash, squash-tf or center-crop:F)")
+                format!(
+                    "unknown resize rule {} (expected squash, squash-tf or center-crop:F)",
+                    quote(s)
+                )
             })?;
         if !(MIN_CROP_FRACTION..=1.0).contains(&fraction) {
             return Err(format!(
@@ -244,12 +251,13 @@ pub fn parse_channels(text: &str, what: &str) -> Result<[f32; 3], String> {
         .split(',')
         .map(|v| v.trim().parse::<f32>())
         .collect::<Result<Vec<f32>, _>>()
-        .map_err(|_| format!("bad value {text:?} for {what}"))?;
+        .map_err(|_| format!("bad value {} for {what}", quote(text)))?;
     match values[..] {
         [v] => Ok([v; 3]),
         [r, g, b] => Ok([r, g, b]),
         _ => Err(format!(
-            "{what} needs one value or three (R,G,B), got {text:?}"
+            "{what} needs one value or three (R,G,B), got {}",
+            quote(text)
         )),
     }
 }

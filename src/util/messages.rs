@@ -93,6 +93,19 @@ pub fn shown(path: &Path) -> String {
     }
 }
 
+/// Most characters of a name or a line from a file quoted in an error: enough to
+/// recognise it, never a megabyte on the terminal.
+pub const MAX_QUOTED_CHARS: usize = 80;
+
+/// `text` in quotes, cut to [`MAX_QUOTED_CHARS`] characters (an ellipsis says it was).
+pub fn quote(text: &str) -> String {
+    if text.chars().count() <= MAX_QUOTED_CHARS {
+        return format!("{text:?}");
+    }
+    let cut: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+    format!("{:?}...", cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
