@@ -29,7 +29,7 @@ echo "## old: $OLD"
 echo "## new: $NEW"
 echo "## images: $IMAGE_DIR, $ROUNDS rounds"
 find "$IMAGE_DIR" -type f -exec cat {} + >/dev/null # warm the page cache
-PHOTO=$(find "$IMAGE_DIR" -type f -name '*.jpg' | sort | head -1)
+PHOTO=$(find "$IMAGE_DIR" -type f -name '*.jpg' | sort | sed -n 1p)
 
 seconds() { # seconds COMMAND...: wall time of one run, in seconds
     local start end
