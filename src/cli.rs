@@ -150,6 +150,7 @@ fn shard_from(
     );
     if let (Some(id), Some(count)) = slurm {
         let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        check_slurm_array(min, count, shards, &number)?;
         return shard(id.saturating_sub(min), count, "SLURM_ARRAY_TASK_ID");
     }
     if shards.is_some() {
@@ -159,6 +160,33 @@ fn shard_from(
         );
     }
     Ok(None)
+}
+
+/// Task ids map onto shards only for an array that is one contiguous range: with
+/// `--array=1,3` task 1 would take shard 1 of 2 (it is 1 of 3) and task 3 would be out of
+/// range, and a stepped array (`0-4:2`) likewise. `--shards N` given beside a Slurm array
+/// must agree with the array's task count rather than be silently ignored.
+fn check_slurm_array(
+    min: usize,
+    count: usize,
+    shards: Option<u32>,
+    number: &dyn Fn(&str) -> Result<Option<usize>, String>,
+) -> Result<(), String> {
+    let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
+    let max = number("SLURM_ARRAY_TASK_MAX")?;
+    let span = max.map(|max| (max + 1).saturating_sub(min));
+    if step != 1 || span.is_some_and(|span| span != count) {
+        return Err(format!(
+            "this Slurm array is not one contiguous range (SLURM_ARRAY_TASK_MIN={min}, _MAX={}, _STEP={step}, _COUNT={count}), so its task ids are no shard numbers: pass --shard \"$SLURM_ARRAY_TASK_ID/N\" with N the number of shards instead",
+            max.map_or("unset".into(), |m| m.to_string())
+        ));
+    }
+    match shards {
+        Some(n) if n as usize != count => Err(format!(
+            "--shards {n} disagrees with the Slurm array's {count} tasks (SLURM_ARRAY_TASK_COUNT): drop --shards, or pass --shard \"$SLURM_ARRAY_TASK_ID/{n}\""
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -964,5 +992,43 @@ mod tests {
         // The flag wins over the environment.
         assert_eq!(shard_from(Some("3/3"), None, env(&slurm)), shard(2, 3));
         assert!(shard_from(None, Some(2), env(&[])).is_err());
+    }
+
+    #[test]
+    fn slurm_arrays_that_are_not_one_range_or_disagree_with_shards_are_refused() {
+        let array = |id, min, max, step, count| {
+            [
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_MAX", max),
+                ("SLURM_ARRAY_TASK_STEP", step),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+            ]
+        };
+        let shard = |index, count| Ok(Some(Shard { index, count }));
+        // --array=1-3, task 2: the second of three, with or without an agreeing --shards.
+        assert_eq!(
+            shard_from(None, None, env(&array("2", "1", "3", "1", "3"))),
+            shard(1, 3)
+        );
+        assert_eq!(
+            shard_from(None, Some(3), env(&array("2", "1", "3", "1", "3"))),
+            shard(1, 3)
+        );
+        // --array=1,3 (a resubmission of two shards of three) and --array=0-4:2.
+        for (id, min, max, step, count) in [("1", "1", "3", "1", "2"), ("2", "0", "4", "2", "3")] {
+            let error = shard_from(None, None, env(&array(id, min, max, step, count))).unwrap_err();
+            assert!(error.contains("not one contiguous range"), "{error}");
+            assert!(
+                error.contains("--shard \"$SLURM_ARRAY_TASK_ID/N\""),
+                "{error}"
+            );
+            // The flag the error suggests works for such an array.
+            let explicit = shard_from(Some("1/3"), None, env(&array(id, min, max, step, count)));
+            assert_eq!(explicit, shard(0, 3));
+        }
+        // --shards 5 beside a 3-task array used to run as shard 2/3.
+        let error = shard_from(None, Some(5), env(&array("2", "1", "3", "1", "3"))).unwrap_err();
+        assert!(error.contains("--shards 5 disagrees"), "{error}");
     }
 }
