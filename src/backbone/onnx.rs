@@ -215,33 +215,24 @@ fn check_generators(graph: &pb::GraphProto) -> Result<()> {
                 .get(index)
                 .and_then(|name| constants.values(name))
         };
+        // Tile repeats and OneHot one-hots their first input: its size, when constant.
+        let first_input_count = || {
+            let count = node.input.first().and_then(|i| constants.count(i));
+            count.unwrap_or(1) as f64
+        };
         let asked = match node.op_type.as_str() {
             "ConstantOfShape" | "Expand" => {
                 let index = usize::from(node.op_type == "Expand");
                 argument(index).map(|shape| product(&shape))
             }
-            "Tile" => argument(1).map(|repeats| {
-                let input = node
-                    .input
-                    .first()
-                    .and_then(|i| constants.count(i))
-                    .unwrap_or(1);
-                product(&repeats) * input as f64
-            }),
+            "Tile" => argument(1).map(|repeats| product(&repeats) * first_input_count()),
             "Range" => match (argument(0), argument(1), argument(2)) {
                 (Some(start), Some(limit), Some(delta)) => {
                     Some(range_length(&start, &limit, &delta))
                 }
                 _ => None,
             },
-            "OneHot" => argument(1).map(|depth| {
-                let indices = node
-                    .input
-                    .first()
-                    .and_then(|i| constants.count(i))
-                    .unwrap_or(1);
-                product(&depth) * indices as f64
-            }),
+            "OneHot" => argument(1).map(|depth| product(&depth) * first_input_count()),
             "HannWindow" | "HammingWindow" | "BlackmanWindow" => {
                 argument(0).map(|size| product(&size))
             }
