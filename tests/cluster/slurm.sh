@@ -40,24 +40,31 @@ export PATH="$repo/target/release:$PATH"
 # --- installing what is missing -----------------------------------------------------------
 
 install_seconds=0
-# Installs packages $@ where missing; sets `problem` to why they cannot be, or to nothing.
-install_packages() {
-    local missing=() package
-    problem=
+# The packages of $@ that are not installed.
+missing_packages() {
+    local package
     for package in "$@"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$package")
+            echo "$package"
     done
-    ((${#missing[@]})) || return 0
+}
+
+# Installs packages $@ where missing; sets `problem` to why they cannot be, or to nothing.
+install_packages() {
+    local missing
+    problem=
+    missing=$(missing_packages "$@" | tr '\n' ' ')
+    missing=${missing% }
+    [[ -n $missing ]] || return 0
     if [[ $(id -u) != 0 ]]; then
-        problem="${missing[*]} not installed and not root, so apt-get cannot install them"
+        problem="not root, so apt-get cannot install them"
         return 0
     fi
     if ! command -v apt-get >/dev/null; then
-        problem="${missing[*]} not installed and no apt-get on this machine"
+        problem="no apt-get on this machine"
         return 0
     fi
-    say "installing ${missing[*]} with apt-get"
+    say "installing $missing with apt-get"
     local begin=$SECONDS policy_added=0 log
     log=$(mktemp)
     # Packages start their services on install unless policy-rc.d says no: this script
@@ -66,20 +73,26 @@ install_packages() {
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d &&
             policy_added=1
     fi
+    # shellcheck disable=SC2086 # $missing is a list of package names
     if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}"; } </dev/null >"$log" 2>&1; then
-        problem="apt-get could not install ${missing[*]}: $(grep -E '^(E|W):' "$log" | tail -n 1)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; } \
+        </dev/null >"$log" 2>&1; then
+        problem="apt-get could not install them: $(grep -E '^(E|W):' "$log" | tail -n 1)"
     fi
-    ((policy_added)) && rm -f /usr/sbin/policy-rc.d
+    if ((policy_added)); then rm -f /usr/sbin/policy-rc.d; fi
     rm -f "$log"
-    install_seconds=$((install_seconds + SECONDS - begin))
+    install_seconds=$((SECONDS - begin))
 }
 
-install_packages slurm-wlm munge
-slurm_skip=$problem
-install_packages parallel
-parallel_skip=$problem
+# One apt-get run for both parts; a part is skipped only where its own packages are missing.
+install_packages slurm-wlm munge parallel
+slurm_skip='' parallel_skip=''
+if [[ -n $problem ]]; then
+    missing=$(missing_packages slurm-wlm munge | tr '\n' ' ')
+    [[ -n $missing ]] && slurm_skip="${missing}not installed and $problem"
+    missing=$(missing_packages parallel | tr '\n' ' ')
+    [[ -n $missing ]] && parallel_skip="${missing}not installed and $problem"
+fi
 
 # --- the work folder and cleanup ----------------------------------------------------------
 
@@ -139,14 +152,20 @@ nth_block() {
     awk -v want="$2" '/^%%END%%$/ { n++; next } n + 1 == want { print }' <<<"$1"
 }
 
-# Replaces every $2 in $1 by $3, and fails when the text has no $2 (the docs changed shape).
+# Text $1 with every FROM replaced by TO for each pair "FROM" "TO" that follows; fails when
+# the text has no FROM (the docs changed shape, and the test would no longer run them).
 swap() {
-    local text=$1 from=$2 to=$3
-    if [[ $text != *"$from"* ]]; then
-        echo "docs/cluster.md changed: no '$from' left to substitute" >&2
-        return 1
-    fi
-    printf '%s\n' "${text//"$from"/$to}"
+    local text=$1
+    shift
+    while (($# >= 2)); do
+        if [[ $text != *"$1"* ]]; then
+            echo "docs/cluster.md changed: no '$1' left to substitute" >&2
+            return 1
+        fi
+        text=${text//"$1"/$2}
+        shift 2
+    done
+    printf '%s\n' "$text"
 }
 
 # The "Shard K/N: C computed, D cached, ..." summaries in files $@, as "C D" per line.
@@ -239,6 +258,7 @@ EOF
     wait_for 20 "slurmctld" bash -c 'scontrol ping 2>/dev/null | grep -q "is UP"' || return 1
     slurmd -D -N localhost -f "$SLURM_CONF" >>"$conf/slurmd.log" 2>&1 &
     daemon_pids+=($!)
+    # shellcheck disable=SC2016 # expanded by the bash that wait_for runs
     wait_for 30 "slurmd to register" bash -c '[[ $(sinfo -h -N -o %t 2>/dev/null) == idle ]]' ||
         return 1
     slurm_version=$(sinfo --version | awk '{ print $2 }')
@@ -286,26 +306,23 @@ run_slurm() {
     fi
     # The final step, for the recovery: the submission block from its `sbatch --dependency` on.
     final=$(awk '/^sbatch --dependency/ { on = 1 } on' <<<"$submit")
-    local substituted
-    substituted=$(swap "$script" "/shared/" "$work/shared/") &&
-        substituted=$(swap "$substituted" "--array=1-8" "--array=1-3") &&
-        script=$(swap "$substituted" "--cpus-per-task=4" "--cpus-per-task=$cpus") &&
-        substituted=$(swap "$submit" "/shared/" "$work/shared/") &&
-        submit=$(swap "$substituted" "--cpus-per-task=4" "--cpus-per-task=$cpus") &&
-        substituted=$(swap "$final" "/shared/" "$work/shared/") &&
-        final=$(swap "$substituted" "--cpus-per-task=4" "--cpus-per-task=$cpus") || {
+    local paths=("/shared/" "$work/shared/") size=("--cpus-per-task=4" "--cpus-per-task=$cpus")
+    if ! script=$(swap "$script" "${paths[@]}" "${size[@]}" "--array=1-8" "--array=1-3") ||
+        ! submit=$(swap "$submit" "${paths[@]}" "${size[@]}") ||
+        ! final=$(swap "$final" "${paths[@]}" "${size[@]}"); then
         fail "slurm: the docs' blocks take the test's paths and sizes"
         return 1
-    }
+    fi
     out=$work/submit
     mkdir -p "$out"
     printf '%s\n' "$script" >"$out/extract.sbatch"
 
     # 1. The docs' submission, as written. The partition is down: nothing runs yet.
     local array final_job
+    # shellcheck disable=SC2016 # $jobid is the docs' variable, printed by the shell that runs them
     if ! (cd "$out" && printf '%s\necho "array job: $jobid"\n' "$submit" | bash -e) \
         >"$out/first.log" 2>&1; then
-        fail "slurm: the docs' submission block runs: $(tail -1 "$out/first.log")"
+        fail "slurm: the docs' submission block runs: $(tail -n 1 "$out/first.log")"
         return 1
     fi
     array=$(sed -n 's/^array job: //p' "$out/first.log")
@@ -335,9 +352,10 @@ run_slurm() {
 
     # 3. The docs' recovery: the failed task as one range, then the final step again.
     local again final_again
+    # shellcheck disable=SC2016 # as above
     if ! (cd "$out" && printf '%s\n%s\necho "array job: $jobid"\n' "$recover" "$final" | bash -e) \
         >"$out/recover.log" 2>&1; then
-        fail "slurm: the docs' recovery block runs: $(tail -1 "$out/recover.log")"
+        fail "slurm: the docs' recovery block runs: $(tail -n 1 "$out/recover.log")"
         return 1
     fi
     again=$(sed -n 's/^array job: //p' "$out/recover.log")
@@ -369,7 +387,7 @@ run_slurm() {
     if reference_retrain "$wrapped" "$work/single"; then
         same_outputs slurm "$work/shared" "$work/single"
     else
-        fail "slurm: the single-machine retrain ran: $(tail -1 "$work/single/log")"
+        fail "slurm: the single-machine retrain ran: $(tail -n 1 "$work/single/log")"
         fail "slurm: labels (not compared)"
     fi
 
@@ -420,15 +438,14 @@ fi
 run_parallel() {
     local block command
     block=$(nth_block "$(sh_blocks "A few machines with GNU parallel")" 1)
-    command=$(swap "$block" "--sshlogin host1,host2,host3" "--sshlogin :") &&
-        command=$(swap "$command" "/mnt/shared/photos" "$photos") &&
-        command=$(swap "$command" "/mnt/shared/bottlenecks" "$work/par/bottlenecks") || {
+    if ! command=$(swap "$block" "--sshlogin host1,host2,host3" "--sshlogin :" \
+        "/mnt/shared/photos" "$photos" "/mnt/shared/bottlenecks" "$work/par/bottlenecks"); then
         fail "parallel: the docs' block takes the test's paths"
         return 1
-    }
+    fi
     mkdir -p "$work/par"
     if ! (cd "$work/par" && bash -euo pipefail -c "$command") >"$work/par/out" 2>"$work/par/log"; then
-        fail "parallel: the docs' command ran: $(tail -1 "$work/par/log")"
+        fail "parallel: the docs' command ran: $(tail -n 1 "$work/par/log")"
         return 1
     fi
     local counts
@@ -443,7 +460,7 @@ run_parallel() {
     if reference_retrain "$final" "$work/par_single"; then
         same_outputs parallel "$work/par" "$work/par_single"
     else
-        fail "parallel: the single-machine retrain ran: $(tail -1 "$work/par_single/log")"
+        fail "parallel: the single-machine retrain ran: $(tail -n 1 "$work/par_single/log")"
         fail "parallel: labels (not compared)"
     fi
 }
