@@ -13,7 +13,7 @@
 # Stops every daemon it started by PID and removes its folder (FLOWERS_CLUSTER_KEEP=1 keeps
 # the folder for a post-mortem). Ends with one line: `cluster: N passed, N failed, N skipped`.
 #
-# Usage: bash tests/cluster/slurm.sh   (from anywhere; builds target/release/flowers if missing)
+# Usage: bash tests/cluster/slurm.sh   (from anywhere; builds target/release/flowers first)
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,11 +30,11 @@ say() { echo "== $*" >&2; }
 
 # --- the binary -------------------------------------------------------------------------
 
-flowers_bin=$repo/target/release/flowers
-if [[ ! -x $flowers_bin ]]; then
-    say "building target/release/flowers"
-    (cd "$repo" && cargo build --release --quiet) || { echo "FAIL cannot build flowers"; exit 1; }
-fi
+# A no-op after `cargo test --release` (CI); run by hand, the binary matches the source.
+(cd "$repo" && cargo build --release --quiet) || {
+    echo "FAIL cannot build target/release/flowers"
+    exit 1
+}
 export PATH="$repo/target/release:$PATH"
 
 # --- installing what is missing -----------------------------------------------------------
