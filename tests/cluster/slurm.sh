@@ -399,7 +399,7 @@ run_slurm() {
     if [[ $tasks == "FAILED FAILED" ]] &&
         grep -q "not one contiguous range" "$out/slurm-${list}_1.out" "$out/slurm-${list}_3.out" &&
         [[ -z $(shard_counts "$out/slurm-${list}_1.out" "$out/slurm-${list}_3.out") ]]; then
-        pass "slurm: a list array (--array=1,3) fails before any work: $(grep -h -m1 -o 'error: [^(]*' "$out/slurm-${list}_1.out")(...)"
+        pass "slurm: a list array (--array=1,3) fails before any work: $(grep -h -m1 -o 'error: [^(]*contiguous range' "$out/slurm-${list}_1.out") (...)"
     else
         fail "slurm: a list array (--array=1,3) ended '$tasks' without the one-range error"
         cat "$out/slurm-${list}"_*.out >&2
