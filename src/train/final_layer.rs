@@ -31,10 +31,16 @@ impl FinalLayer {
 
     /// Whether every weight and bias is a number: false once SGD has diverged.
     pub fn is_finite(&self) -> bool {
-        self.weights
-            .iter()
-            .chain(&self.biases)
-            .all(|v| v.is_finite())
+        // Checked after every step: a fold without early exit runs a vector at a time.
+        let finite = |values: &[f32]| values.iter().fold(true, |ok, v| ok & v.is_finite());
+        match (self.weights.as_slice(), self.biases.as_slice()) {
+            (Some(weights), Some(biases)) => finite(weights) && finite(biases),
+            _ => self
+                .weights
+                .iter()
+                .chain(&self.biases)
+                .all(|v| v.is_finite()),
+        }
     }
 
     /// Class probabilities, one row per input row.

@@ -127,9 +127,14 @@ fn pack_panel(weights: &[f32], dim: usize, classes: usize, panel: &mut Vec<f32>)
     let groups = classes.div_ceil(LANES);
     panel.clear();
     panel.resize(groups * dim * LANES, 0.0);
-    for (k, row) in weights.chunks_exact(classes.max(1)).enumerate() {
-        for (c, &w) in row.iter().enumerate() {
-            panel[((c / LANES) * dim + k) * LANES + c % LANES] = w;
+    for (group, lanes) in panel.chunks_exact_mut(dim * LANES).enumerate() {
+        let first = group * LANES;
+        let width = (classes - first).min(LANES);
+        for (row, lanes) in weights
+            .chunks_exact(classes)
+            .zip(lanes.chunks_exact_mut(LANES))
+        {
+            lanes[..width].copy_from_slice(&row[first..first + width]);
         }
     }
 }
@@ -147,7 +152,9 @@ fn gradient_avx2(rows: &[&[f32]], gradient: &[f32], dim: usize, classes: usize, 
 }
 
 /// Eight rows at a time (eight independent chains keep the multiply-add units busy),
-/// then the rest in tiles of four, two and one.
+/// then the rest in tiles of four, two and one. The terms go [`SUB`] at a time through
+/// every tile, so that stretch of the panel stays in the first-level cache; each tile's
+/// partial sums wait in `acc` meanwhile, which changes no chain's order.
 #[inline(always)]
 fn logits_with<M: MulAdd>(
     rows: &[&[f32]],
@@ -156,60 +163,67 @@ fn logits_with<M: MulAdd>(
     classes: usize,
     out: &mut [f32],
 ) {
+    let mut acc = vec![[0.0; LANES]; rows.len()];
+    let mut total = vec![[0.0; LANES]; rows.len()];
     for group in 0..classes.div_ceil(LANES) {
         let panel = &panel[group * dim * LANES..(group + 1) * dim * LANES];
-        let mut start = 0;
-        while start < rows.len() {
-            let tile = &rows[start..];
-            start += match tile.len() {
-                8.. => logits_rows::<M, 8>(tile, panel, dim, start, group, classes, out),
-                4..=7 => logits_rows::<M, 4>(tile, panel, dim, start, group, classes, out),
-                2..=3 => logits_rows::<M, 2>(tile, panel, dim, start, group, classes, out),
-                _ => logits_rows::<M, 1>(tile, panel, dim, start, group, classes, out),
-            };
+        for pass in (0..dim).step_by(KC) {
+            acc.fill([0.0; LANES]);
+            let end = (pass + KC).min(dim);
+            for sub in (pass..end).step_by(SUB) {
+                let terms = sub..(sub + SUB).min(end);
+                let mut start = 0;
+                while start < rows.len() {
+                    let (rows, acc) = (&rows[start..], &mut acc[start..]);
+                    start += match rows.len() {
+                        8.. => logits_tile::<M, 8>(rows, acc, panel, terms.clone()),
+                        4..=7 => logits_tile::<M, 4>(rows, acc, panel, terms.clone()),
+                        2..=3 => logits_tile::<M, 2>(rows, acc, panel, terms.clone()),
+                        _ => logits_tile::<M, 1>(rows, acc, panel, terms.clone()),
+                    };
+                }
+            }
+            for (total, acc) in total.iter_mut().zip(&acc) {
+                add_block::<1, LANES>(
+                    std::array::from_mut(total),
+                    std::array::from_ref(acc),
+                    pass == 0,
+                );
+            }
+        }
+        let first = group * LANES;
+        let width = (classes - first).min(LANES);
+        for (row, lanes) in total.iter().enumerate() {
+            out[row * classes + first..row * classes + first + width]
+                .copy_from_slice(&lanes[..width]);
         }
     }
 }
 
-/// The logits of the first `R` of `rows` (row `start` on) for one group of classes;
-/// returns `R`.
-#[inline(always)]
-fn logits_rows<M: MulAdd, const R: usize>(
-    rows: &[&[f32]],
-    panel: &[f32],
-    dim: usize,
-    start: usize,
-    group: usize,
-    classes: usize,
-    out: &mut [f32],
-) -> usize {
-    let tile = logits_tile::<M, R>(&rows[..R], panel, dim);
-    store_logits(&tile, start, group, classes, out);
-    R
-}
+/// Terms of a pass taken through all rows at a time: 128 terms of the panel are 4 KiB.
+const SUB: usize = 128;
 
+/// Carries the chains of the first `R` rows over `terms`; returns `R`.
 #[inline(always)]
 fn logits_tile<M: MulAdd, const R: usize>(
     rows: &[&[f32]],
+    acc: &mut [[f32; LANES]],
     panel: &[f32],
-    dim: usize,
-) -> [[f32; LANES]; R] {
-    let rows: [&[f32]; R] = std::array::from_fn(|i| &rows[i][..dim]);
-    let mut total = [[0.0; LANES]; R];
-    for start in (0..dim).step_by(KC) {
-        let end = (start + KC).min(dim);
-        let mut acc = [[0.0; LANES]; R];
-        for (k, w) in (start..end).zip(panel[start * LANES..end * LANES].chunks_exact(LANES)) {
-            for i in 0..R {
-                let x = rows[i][k];
-                for l in 0..LANES {
-                    acc[i][l] = M::mul_add(x, w[l], acc[i][l]);
-                }
+    terms: std::ops::Range<usize>,
+) -> usize {
+    let rows: [&[f32]; R] = std::array::from_fn(|i| &rows[i][terms.clone()]);
+    let mut chains: [[f32; LANES]; R] = std::array::from_fn(|i| acc[i]);
+    let panel = &panel[terms.start * LANES..terms.end * LANES];
+    for (k, w) in panel.chunks_exact(LANES).enumerate() {
+        for i in 0..R {
+            let x = rows[i][k];
+            for l in 0..LANES {
+                chains[i][l] = M::mul_add(x, w[l], chains[i][l]);
             }
         }
-        add_block(&mut total, &acc, start == 0);
     }
-    total
+    acc[..R].copy_from_slice(&chains);
+    R
 }
 
 /// Adds one pass's partial sums to the total, as matrixmultiply does between passes (the
@@ -228,22 +242,6 @@ fn add_block<const R: usize, const W: usize>(
                 *t += *a;
             }
         }
-    }
-}
-
-#[inline(always)]
-fn store_logits<const R: usize>(
-    tile: &[[f32; LANES]; R],
-    start: usize,
-    group: usize,
-    classes: usize,
-    out: &mut [f32],
-) {
-    let first = group * LANES;
-    let width = (classes - first).min(LANES);
-    for (i, lanes) in tile.iter().enumerate() {
-        let row = (start + i) * classes + first;
-        out[row..row + width].copy_from_slice(&lanes[..width]);
     }
 }
 
