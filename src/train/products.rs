@@ -400,6 +400,64 @@ mod tests {
         }
     }
 
+    /// matrixmultiply's arithmetic written out one element at a time.
+    fn chains<M: MulAdd>(terms: usize, product: impl Fn(usize) -> (f32, f32)) -> f32 {
+        let mut total = 0.0;
+        for pass in (0..terms).step_by(KC) {
+            let mut acc = 0.0;
+            for k in pass..(pass + KC).min(terms) {
+                let (a, b) = product(k);
+                acc = M::mul_add(a, b, acc);
+            }
+            total = if pass == 0 { acc } else { total + acc };
+        }
+        total
+    }
+
+    /// Both arithmetics, whichever this CPU's `dot` uses: the unfused one is what
+    /// matrixmultiply computes on CPUs without FMA.
+    fn check_against_the_chains<M: MulAdd>() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut panel = Vec::new();
+        for (batch, dim, classes) in SHAPES {
+            let x = random(batch, dim, &mut rng);
+            let w = random(dim, classes, &mut rng);
+            let g = random(batch, classes, &mut rng);
+            let rows: Vec<&[f32]> = x
+                .rows()
+                .into_iter()
+                .map(|r| r.to_slice().unwrap())
+                .collect();
+            pack_panel(w.as_slice().unwrap(), dim, classes, &mut panel);
+            let mut logits = vec![f32::NAN; batch * classes];
+            logits_with::<M>(&rows, &panel, dim, classes, &mut logits);
+            let mut gradient = vec![f32::NAN; dim * classes];
+            gradient_with::<M>(&rows, g.as_slice().unwrap(), dim, classes, &mut gradient);
+            for r in 0..batch {
+                for c in 0..classes {
+                    let expected = chains::<M>(dim, |k| (x[[r, k]], w[[k, c]]));
+                    assert_eq!(logits[r * classes + c].to_bits(), expected.to_bits());
+                }
+            }
+            for d in 0..dim {
+                for c in 0..classes {
+                    let expected = chains::<M>(batch, |r| (x[[r, d]], g[[r, c]]));
+                    assert_eq!(gradient[d * classes + c].to_bits(), expected.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_products_are_the_chains_written_out() {
+        check_against_the_chains::<Fused>();
+    }
+
+    #[test]
+    fn separate_products_are_the_chains_written_out() {
+        check_against_the_chains::<Separate>();
+    }
+
     #[test]
     fn the_probe_sees_the_fma_kernel_where_the_cpu_has_one() {
         #[cfg(target_arch = "x86_64")]
