@@ -117,22 +117,49 @@ impl Backbone {
         source: &ModelSource,
         overrides: &Overrides,
     ) -> Result<Backbone> {
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let known = known.or_else(|| registry::by_sha256(&sha256));
+        let load = |format, known: Option<&Architecture>| {
+            catching_panics_in(&display, || match format {
+                ModelFormat::Onnx => load_onnx(bytes.clone(), &display, known, overrides),
+                ModelFormat::TensorFlow => {
+                    load_tensorflow(bytes.clone(), &display, known, overrides)
+                }
+            })
+        };
+        let hash = || hex(&Sha256::digest(&bytes));
+        let (sha256, known, loaded) = match known {
+            // The registry says what the bytes are: hash them on a second thread while
+            // this one decodes them (the embedded backbone on every run).
+            Some(arch) => std::thread::scope(|scope| {
+                let hashing = scope.spawn(hash);
+                let loaded = load(arch.format, Some(&arch));
+                let sha256 = hashing
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (sha256, Some(arch), loaded)
+            }),
+            // A file is recognised by its hash first.
+            None => {
+                let sha256 = hash();
+                let known = registry::by_sha256(&sha256);
+                let format = match &known {
+                    Some(arch) => arch.format,
+                    None if tensorflow::looks_like_graph_def(&bytes) => ModelFormat::TensorFlow,
+                    None => ModelFormat::Onnx,
+                };
+                let loaded = load(format, known.as_ref());
+                (sha256, known, loaded)
+            }
+        };
+        let loaded = loaded?;
+        let format = match &loaded.graph {
+            BackboneGraph::Onnx(_) => ModelFormat::Onnx,
+            BackboneGraph::TensorFlow(_) => ModelFormat::TensorFlow,
+        };
         let name = match (&known, source) {
             (Some(arch), _) => arch.name.clone(),
             (None, ModelSource::File(path)) => file_stem(path),
             (None, _) => "embedded".to_string(),
         };
-        let format = match &known {
-            Some(arch) => arch.format,
-            None if tensorflow::looks_like_graph_def(&bytes) => ModelFormat::TensorFlow,
-            None => ModelFormat::Onnx,
-        };
-        let loaded = catching_panics_in(&display, || match format {
-            ModelFormat::Onnx => load_onnx(bytes, &display, known.as_ref(), overrides),
-            ModelFormat::TensorFlow => load_tensorflow(bytes, &display, known.as_ref(), overrides),
-        })?;
         let (mean, std) = known
             .as_ref()
             .map_or(([DEFAULT_MEAN; 3], [DEFAULT_STD; 3]), |a| (a.mean, a.std));

@@ -18,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
 use memmap2::{Mmap, MmapMut};
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::Array2;
 
 use crate::util::messages::io_reason;
 
@@ -69,24 +69,26 @@ impl BottleneckMatrix {
         Ok(self.gather(&[row])?.into_raw_vec_and_offset().0)
     }
 
-    /// The rows `rows`, in that order, copied out (`rows.len() x dim`).
-    pub fn gather(&self, rows: &[usize]) -> Result<Array2<f32>> {
+    /// The rows `rows`, in that order, as slices: borrowed from the mapping, or read into
+    /// `scratch` when the matrix is streamed. Training takes a batch this way every step,
+    /// so a mapped batch is never copied.
+    pub fn rows_in<'a>(
+        &'a self,
+        rows: &[usize],
+        scratch: &'a mut Vec<f32>,
+    ) -> Result<Vec<&'a [f32]>> {
         assert!(
             rows.iter().all(|&r| r < self.rows),
             "rows inside the matrix"
         );
-        match &self.storage {
-            Storage::Mapped(map) => {
-                let values: &[f32] = bytemuck::cast_slice(&map[..self.rows * self.dim * 4]);
-                let view = ArrayView2::from_shape((self.rows, self.dim), values)
-                    .context("the bottleneck mapping is shorter than its matrix")?;
-                Ok(view.select(Axis(0), rows))
-            }
+        let dim = self.dim;
+        let values: &[f32] = match &self.storage {
+            Storage::Mapped(map) => bytemuck::cast_slice(&map[..self.rows * dim * 4]),
             Storage::Streamed(file) => {
-                let mut out = Array2::<f32>::zeros((rows.len(), self.dim));
-                let values = out.as_slice_mut().expect("a fresh array is contiguous");
-                for (chunk, &row) in values.chunks_exact_mut(self.dim.max(1)).zip(rows) {
-                    let offset = (row * self.dim * 4) as u64;
+                scratch.clear();
+                scratch.resize(rows.len() * dim, 0.0);
+                for (chunk, &row) in scratch.chunks_exact_mut(dim.max(1)).zip(rows) {
+                    let offset = (row * dim * 4) as u64;
                     file.read_exact_at(bytemuck::cast_slice_mut(chunk), offset)
                         .map_err(|e| {
                             anyhow::anyhow!(
@@ -95,9 +97,27 @@ impl BottleneckMatrix {
                             )
                         })?;
                 }
-                Ok(out)
+                return Ok((0..rows.len())
+                    .map(|i| &scratch[i * dim..(i + 1) * dim])
+                    .collect());
             }
-        }
+        };
+        Ok(rows
+            .iter()
+            .map(|&row| &values[row * dim..(row + 1) * dim])
+            .collect())
+    }
+
+    /// The rows `rows`, in that order, copied out (`rows.len() x dim`).
+    pub fn gather(&self, rows: &[usize]) -> Result<Array2<f32>> {
+        let mut scratch = Vec::new();
+        let values = if self.is_streamed() {
+            self.rows_in(rows, &mut scratch)?;
+            scratch
+        } else {
+            self.rows_in(rows, &mut scratch)?.concat()
+        };
+        Ok(Array2::from_shape_vec((rows.len(), self.dim), values).expect("rows x dim values"))
     }
 }
 

@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use prost::bytes::Bytes;
 use serde::Serialize;
 
 use super::metadata::GraphMetadata;
@@ -88,15 +89,25 @@ impl RetrainedGraph {
         labels_file: Option<&Path>,
         flags: &LabelImageFlags,
     ) -> Result<RetrainedGraph> {
-        super::digest::verify(&bytes, display)?;
-        let (labels, plan) = catching_panics_in(display, || {
-            if tensorflow::looks_like_graph_def(&bytes) {
-                let graph = tensorflow::decode_graph(bytes, display)?;
-                load_tensorflow(graph, labels_file, flags, display)
-            } else {
-                load_onnx(bytes, labels_file, flags, display)
-            }
-        })?;
+        // The digest (a pass of sha256 over the whole file) runs on a second thread while
+        // this one decodes the graph and builds tract's plan: both take milliseconds, and
+        // a damaged graph is still refused by its digest before anything else is said.
+        let bytes = Bytes::from(bytes);
+        let (intact, loaded) = std::thread::scope(|scope| {
+            let hashed = bytes.clone();
+            let checking = scope.spawn(move || super::digest::verify(&hashed, display));
+            let loaded = catching_panics_in(display, || {
+                if tensorflow::looks_like_graph_def(&bytes) {
+                    let graph = tensorflow::decode_graph(bytes, display)?;
+                    load_tensorflow(graph, labels_file, flags, display)
+                } else {
+                    load_onnx(bytes, labels_file, flags, display)
+                }
+            });
+            (checking.join(), loaded)
+        });
+        intact.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let (labels, plan) = loaded?;
         if labels.len() != plan.output_len {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",
@@ -148,7 +159,7 @@ impl RetrainedGraph {
 
 /// flowers' ONNX graph: everything from its metadata.
 fn load_onnx(
-    bytes: Vec<u8>,
+    bytes: Bytes,
     labels_file: Option<&Path>,
     flags: &LabelImageFlags,
     display: &str,

@@ -102,6 +102,19 @@ impl Examples {
             .collect()
     }
 
+    /// The bottlenecks of the examples `picks` as rows (see [`BottleneckMatrix::rows_in`]),
+    /// and their labels.
+    pub(super) fn rows_in<'a>(
+        &'a self,
+        picks: &[usize],
+        scratch: &'a mut Vec<f32>,
+    ) -> Result<(Vec<&'a [f32]>, Vec<usize>)> {
+        let rows: Vec<usize> = picks.iter().map(|&e| self.origin[e]).collect();
+        let features = self.matrix.rows_in(&rows, scratch)?;
+        let labels = picks.iter().map(|&e| self.labels[e]).collect();
+        Ok((features, labels))
+    }
+
     /// Features and labels of the examples `picks`.
     pub(super) fn gather(&self, picks: &[usize]) -> Result<(Array2<f32>, Vec<usize>)> {
         let rows: Vec<usize> = picks.iter().map(|&e| self.origin[e]).collect();

@@ -5,6 +5,7 @@ use anyhow::Result;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rand::Rng;
 
+use super::products::{self, Panel};
 use super::Examples;
 
 /// The trained layer: `softmax(bottleneck · weights + biases)`.
@@ -30,15 +31,42 @@ impl FinalLayer {
 
     /// Whether every weight and bias is a number: false once SGD has diverged.
     pub fn is_finite(&self) -> bool {
-        self.weights
-            .iter()
-            .chain(&self.biases)
-            .all(|v| v.is_finite())
+        // Checked after every step: a fold without early exit runs a vector at a time.
+        let finite = |values: &[f32]| values.iter().fold(true, |ok, v| ok & v.is_finite());
+        match (self.weights.as_slice(), self.biases.as_slice()) {
+            (Some(weights), Some(biases)) => finite(weights) && finite(biases),
+            _ => self
+                .weights
+                .iter()
+                .chain(&self.biases)
+                .all(|v| v.is_finite()),
+        }
     }
 
     /// Class probabilities, one row per input row.
     pub fn probabilities(&self, features: ArrayView2<f32>) -> Array2<f32> {
-        let mut logits = features.dot(&self.weights) + &self.biases;
+        let features = features.as_standard_layout();
+        let dim = features.ncols();
+        let values = features.as_slice().expect("standard layout");
+        let rows: Vec<&[f32]> = (0..features.nrows())
+            .map(|r| &values[r * dim..(r + 1) * dim])
+            .collect();
+        self.probabilities_of_rows(&rows, &mut Panel::default())
+    }
+
+    /// [`FinalLayer::probabilities`] of bottlenecks given as rows.
+    pub(super) fn probabilities_of_rows(&self, rows: &[&[f32]], panel: &mut Panel) -> Array2<f32> {
+        let classes = self.biases.len();
+        let mut logits = Array2::zeros((rows.len(), classes));
+        let weights = self.weights.as_standard_layout();
+        products::logits(
+            rows,
+            weights.as_slice().expect("standard layout"),
+            classes,
+            panel,
+            logits.as_slice_mut().expect("a fresh array is contiguous"),
+        );
+        let mut logits = logits + &self.biases;
         for mut row in logits.rows_mut() {
             let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             row.mapv_inplace(|v| (v - max).exp());
@@ -62,16 +90,38 @@ impl FinalLayer {
 
     /// One SGD step on a batch: the gradient of the mean cross entropy is
     /// `(probabilities - one_hot) / batch` at the logits.
-    pub(super) fn sgd_step(&mut self, features: &Array2<f32>, labels: &[usize], rate: f32) {
-        let mut gradient = self.probabilities(features.view());
+    pub(super) fn sgd_step(
+        &mut self,
+        rows: &[&[f32]],
+        labels: &[usize],
+        rate: f32,
+        scratch: &mut StepScratch,
+    ) {
+        let mut gradient = self.probabilities_of_rows(rows, &mut scratch.panel);
         for (row, &label) in labels.iter().enumerate() {
             gradient[[row, label]] -= 1.0;
         }
         gradient /= labels.len() as f32;
-        let weight_gradient = features.t().dot(&gradient);
+        let (dim, classes) = self.weights.dim();
+        scratch.weight_gradient.resize(dim * classes, 0.0);
+        products::weight_gradient(
+            rows,
+            gradient.as_slice().expect("a fresh array is contiguous"),
+            classes,
+            &mut scratch.weight_gradient,
+        );
+        let weight_gradient = ArrayView2::from_shape((dim, classes), &scratch.weight_gradient)
+            .expect("dim x classes values");
         self.weights.scaled_add(-rate, &weight_gradient);
         self.biases.scaled_add(-rate, &gradient.sum_axis(Axis(0)));
     }
+}
+
+/// What an SGD step needs besides the batch, kept from one step to the next.
+#[derive(Debug, Default)]
+pub(super) struct StepScratch {
+    pub(super) panel: Panel,
+    weight_gradient: Vec<f32>,
 }
 
 pub(super) fn truncated_normal(rng: &mut impl Rng) -> f32 {
@@ -127,4 +177,60 @@ pub fn predictions(probabilities: &Array2<f32>) -> Vec<usize> {
                 .0
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// The SGD step as it was written on ndarray's `dot`, before the products had their
+    /// own loops: the reference the step must still match bit for bit.
+    fn dot_step(layer: &mut FinalLayer, features: &Array2<f32>, labels: &[usize], rate: f32) {
+        let mut gradient = features.dot(&layer.weights) + &layer.biases;
+        for mut row in gradient.rows_mut() {
+            let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            row.mapv_inplace(|v| (v - max).exp());
+            let sum = row.sum();
+            row /= sum;
+        }
+        for (row, &label) in labels.iter().enumerate() {
+            gradient[[row, label]] -= 1.0;
+        }
+        gradient /= labels.len() as f32;
+        let weight_gradient = features.t().dot(&gradient);
+        layer.weights.scaled_add(-rate, &weight_gradient);
+        layer.biases.scaled_add(-rate, &gradient.sum_axis(Axis(0)));
+    }
+
+    #[test]
+    fn steps_match_the_dot_products_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (batch, dim, classes) = (100, 600, 5);
+        let mut ours = FinalLayer::new(dim, classes, &mut rng);
+        let mut reference = ours.clone();
+        let mut scratch = StepScratch::default();
+        for step in 0..60 {
+            let features =
+                Array2::from_shape_simple_fn((batch, dim), || rng.random_range(0.0f32..6.0));
+            let labels: Vec<usize> = (0..batch).map(|r| (r * 7 + step) % classes).collect();
+            let rows: Vec<&[f32]> = features
+                .rows()
+                .into_iter()
+                .map(|r| r.to_slice().unwrap())
+                .collect();
+            ours.sgd_step(&rows, &labels, 0.01, &mut scratch);
+            dot_step(&mut reference, &features, &labels, 0.01);
+            assert_eq!(ours, reference, "step {step}");
+            assert_eq!(
+                ours.weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+                reference
+                    .weights
+                    .iter()
+                    .map(|w| w.to_bits())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
 }

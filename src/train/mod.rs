@@ -3,12 +3,14 @@
 
 mod examples;
 mod final_layer;
+mod products;
 
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use examples::Examples;
+use final_layer::StepScratch;
 pub use final_layer::{accuracy, cross_entropy, predictions, FinalLayer};
 
 /// retrain.py's training options.
@@ -75,10 +77,12 @@ pub fn train(
     }
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
+    let mut scratch = StepScratch::default();
+    let mut batch = Vec::new();
     for step in 0..options.steps {
-        let rows = training.sample_rows(options.train_batch_size, &mut rng);
-        let (features, labels) = training.gather(&rows)?;
-        layer.sgd_step(&features, &labels, options.learning_rate);
+        let picks = training.sample_rows(options.train_batch_size, &mut rng);
+        let (features, labels) = training.rows_in(&picks, &mut batch)?;
+        layer.sgd_step(&features, &labels, options.learning_rate, &mut scratch);
         // One pass over the layer: 1/batch of the step's own arithmetic.
         if !layer.is_finite() {
             bail!(
@@ -88,12 +92,12 @@ pub fn train(
         }
         let last = step + 1 == options.steps;
         if last || step % options.eval_step_interval.max(1) == 0 {
-            let probabilities = layer.probabilities(features.view());
+            let probabilities = layer.probabilities_of_rows(&features, &mut scratch.panel);
             let evaluation = Evaluation {
                 step,
                 train_accuracy: accuracy(&probabilities, &labels),
                 cross_entropy: cross_entropy(&probabilities, &labels),
-                validation: validate(&layer, validation, options, &mut rng)?,
+                validation: validate(&layer, validation, options, &mut rng, &mut scratch)?,
             };
             on_evaluation(&evaluation, &layer);
         }
@@ -127,6 +131,7 @@ fn validate(
     validation: &Examples,
     options: &TrainingOptions,
     rng: &mut impl Rng,
+    scratch: &mut StepScratch,
 ) -> Result<Option<ValidationScore>> {
     if validation.is_empty() {
         return Ok(None);
@@ -137,9 +142,11 @@ fn validate(
             validation.labels.clone(),
         ),
         Some(size) => {
-            let rows = validation.sample_rows(size, rng);
-            let (features, labels) = validation.gather(&rows)?;
-            (layer.probabilities(features.view()), labels)
+            let picks = validation.sample_rows(size, rng);
+            let mut values = Vec::new();
+            let (features, labels) = validation.rows_in(&picks, &mut values)?;
+            let probabilities = layer.probabilities_of_rows(&features, &mut scratch.panel);
+            (probabilities, labels)
         }
     };
     Ok(Some(ValidationScore {
