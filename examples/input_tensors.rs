@@ -37,7 +37,7 @@ fn main() -> Result<()> {
                 continue;
             }
         };
-        for value in tensor.as_slice::<f32>()? {
+        for value in tensor.try_as_plain_ram()?.as_slice::<f32>()? {
             tensors.write_all(&value.to_le_bytes())?;
         }
         names.push_str(image);

@@ -55,6 +55,35 @@ pub enum Command {
     /// Compute bottlenecks into the cache and nothing else: one shard of a cluster job
     /// (docs/cluster.md), or all of them.
     Extract(Box<ExtractArgs>),
+    /// Write a retrained graph in another format: a TensorFlow Lite file for phones, with
+    /// its labels and input normalisation inside as TFLite metadata.
+    Export(ExportArgs),
+}
+
+/// The formats `flowers export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// TensorFlow Lite flatbuffer (`.tflite`).
+    Tflite,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The retrained ONNX graph flowers wrote [default: retrained_graph.onnx].
+    #[arg(long, value_name = "FILE")]
+    pub graph: Option<PathBuf>,
+
+    /// Labels file; must agree with the graph's own labels [default: the graph's labels].
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+
+    /// The format to write.
+    #[arg(long, value_enum, default_value = "tflite")]
+    pub format: ExportFormat,
+
+    /// The file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -327,6 +356,11 @@ pub struct RetrainArgs {
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub assert_accuracy_at_least: Option<f64>,
 
+    /// Also write the retrained graph as a TensorFlow Lite file (float32, labels and
+    /// normalisation inside as TFLite metadata), as `flowers export` does.
+    #[arg(long, value_name = "FILE")]
+    pub output_tflite: Option<PathBuf>,
+
     /// Compute no bottleneck: fail (exit 2, saying how many) if any image is not in the
     /// cache yet. For the last step of a cluster run, after every `flowers extract` shard.
     #[arg(long)]
@@ -597,6 +631,15 @@ impl Cli {
             Command::Extract(args) => Request::Run(options::Command::Extract(Box::new(
                 args.into_options(quiet)?,
             ))),
+            Command::Export(args) => match args.format {
+                ExportFormat::Tflite => Request::Run(options::Command::Export(options::ExportOptions {
+                    graph: args.graph.unwrap_or_else(|| PathBuf::from("retrained_graph.onnx")),
+                    labels: args.labels,
+                    tflite: options::TfliteOptions {
+                        output: args.output,
+                    },
+                })),
+            },
             Command::Architectures(args) => Request::Run(options::Command::Architectures(
                 options::ArchitecturesOptions {
                     model_dir: args.model_dir.unwrap_or_else(default_model_dir),
@@ -728,6 +771,9 @@ impl RetrainArgs {
             report_dir: self.report_dir,
             json: self.json,
             assert_accuracy_at_least: self.assert_accuracy_at_least,
+            output_tflite: self
+                .output_tflite
+                .map(|output| options::TfliteOptions { output }),
         })
     }
 }

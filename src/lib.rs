@@ -52,6 +52,7 @@ pub fn run(command: options::Command, out: &mut dyn Write) -> anyhow::Result<u8>
         options::Command::Label(options) => pipeline::label::run_command(&options, out),
         options::Command::Evaluate(options) => pipeline::evaluate::run_command(&options, out),
         options::Command::Extract(options) => pipeline::extract::run_command(&options, out),
+        options::Command::Export(options) => pipeline::export::run_command(&options, out),
         options::Command::Architectures(options) => {
             pipeline::architectures::run_command(&options, out)
         }

@@ -12,6 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use super::metadata::GraphMetadata;
+use super::tflite;
+use super::tflite::run::Interpreter;
 use crate::backbone::limits::{self, quote};
 use crate::backbone::onnx::decode_model;
 use crate::backbone::tensorflow::{self, GraphDef};
@@ -52,7 +54,23 @@ const LEGACY_STD: f32 = 128.0;
 pub struct RetrainedGraph {
     pub labels: Vec<String>,
     pub preprocessing: Preprocessing,
-    plan: Plan,
+    runner: Runner,
+}
+
+/// What computes the scores: tract for ONNX and TensorFlow graphs, flowers' own TFLite
+/// interpreter for `.tflite` files.
+enum Runner {
+    Tract(Plan),
+    Tflite(Interpreter),
+}
+
+impl Runner {
+    fn output_len(&self) -> usize {
+        match self {
+            Runner::Tract(plan) => plan.output_len,
+            Runner::Tflite(interpreter) => interpreter.output_len(),
+        }
+    }
 }
 
 /// One class and its probability.
@@ -89,25 +107,29 @@ impl RetrainedGraph {
         flags: &LabelImageFlags,
     ) -> Result<RetrainedGraph> {
         super::digest::verify(&bytes, display)?;
-        let (labels, plan) = catching_panics_in(display, || {
-            if tensorflow::looks_like_graph_def(&bytes) {
-                let graph = tensorflow::decode_graph(bytes, display)?;
-                load_tensorflow(graph, labels_file, flags, display)
-            } else {
-                load_onnx(bytes, labels_file, flags, display)
+        let (labels, preprocessing, runner) = catching_panics_in(display, || {
+            if tflite::read::looks_like_tflite(&bytes) {
+                return load_tflite(&bytes, labels_file, flags, display);
             }
+            let (labels, plan) = if tensorflow::looks_like_graph_def(&bytes) {
+                let graph = tensorflow::decode_graph(bytes, display)?;
+                load_tensorflow(graph, labels_file, flags, display)?
+            } else {
+                load_onnx(bytes, labels_file, flags, display)?
+            };
+            Ok((labels, plan.preprocessing.clone(), Runner::Tract(plan)))
         })?;
-        if labels.len() != plan.output_len {
+        if labels.len() != runner.output_len() {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",
-                plan.output_len,
+                runner.output_len(),
                 labels.len()
             );
         }
         Ok(RetrainedGraph {
             labels,
-            preprocessing: plan.preprocessing.clone(),
-            plan,
+            preprocessing,
+            runner,
         })
     }
 
@@ -115,7 +137,12 @@ impl RetrainedGraph {
     /// failure of the graph on this image, never an answer.
     pub fn probabilities(&self, bytes: &[u8]) -> Result<Vec<f32>, Problem> {
         let input = self.preprocessing.tensor_from_bytes(bytes)?;
-        let scores = self.plan.run(input);
+        let scores = match &self.runner {
+            Runner::Tract(plan) => plan.run(input),
+            Runner::Tflite(interpreter) => input
+                .try_as_plain_ram()
+                .and_then(|plain| interpreter.run(plain.as_slice::<f32>()?)),
+        };
         let scores = scores.map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
         if scores.iter().any(|s| !s.is_finite()) {
             return Err(Problem::InferenceFailed(NOT_FINITE.into()));
@@ -179,6 +206,26 @@ fn load_onnx(
     let plan = Plan::new(Cow::Owned(proto), &metadata.preprocessing, &output)
         .with_context(|| format!("cannot prepare {display} for inference"))?;
     Ok((labels, plan))
+}
+
+/// A `.tflite` file flowers wrote: preprocessing and labels from its flowers metadata.
+fn load_tflite(
+    bytes: &[u8],
+    labels_file: Option<&Path>,
+    flags: &LabelImageFlags,
+    display: &str,
+) -> Result<(Vec<String>, Preprocessing, Runner)> {
+    let file = tflite::file::decode(bytes, display)?;
+    let metadata = file.metadata;
+    let (input, output) = {
+        let model = &file.model;
+        (model.input()?.name.clone(), model.output()?.name.clone())
+    };
+    warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
+    let labels = resolve_labels(metadata.labels, labels_file, display)?;
+    let interpreter = Interpreter::new(file.model)
+        .map_err(|e| anyhow!("{display} cannot be run: {e}"))?;
+    Ok((labels, metadata.preprocessing, Runner::Tflite(interpreter)))
 }
 
 /// A TensorFlow graph: flowers' (with metadata) or retrain.py's (label_image.py's flags).

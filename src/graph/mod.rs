@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod digest;
 pub mod export;
 pub mod metadata;
+pub mod tflite;
 
 pub use classifier::{read_labels, Prediction, RetrainedGraph, DEFAULT_LABELS};
 pub use export::{retrained_graph, write_graph, write_labels, RetrainedGraphFile};

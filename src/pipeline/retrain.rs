@@ -16,13 +16,14 @@ use crate::backbone::{Backbone, ModelFormat};
 use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
 use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
-use crate::graph::{retrained_graph, write_graph, write_labels};
+use crate::graph::tflite;
+use crate::graph::{retrained_graph, write_graph, write_labels, GraphMetadata, RetrainedGraphFile};
 use crate::options::RetrainOptions;
 use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
 use crate::report::{format, Report, RetrainSummary};
 use crate::train::{check_batch, predictions, train, Examples, FinalLayer};
-use crate::util::atomic::{check_writable, create_private_dir, same_destination};
+use crate::util::atomic::{check_writable, create_private_dir, same_destination, write_atomically};
 use crate::util::messages::shown;
 
 /// `flowers retrain`: runs the pipeline, prints the results on `out` (text, or JSON with
@@ -60,6 +61,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         check_graph_output(&output_graph, &options.output_labels)?;
     }
     check_final_tensor_name(&backbone, &options.final_tensor_name)?;
+    check_tflite_output(options, &backbone, &output_graph)?;
     let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
     let scope = Scope {
         shard: None,
@@ -114,8 +116,13 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         &dataset.labels,
         &options.final_tensor_name,
     )?;
+    let tflite = tflite_bytes(options, &backbone, &graph, &dataset.labels, &output_graph)?;
     write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
+    if let (Some(tflite), Some(bytes)) = (&options.output_tflite, tflite) {
+        write_atomically(&tflite.output, &bytes)?;
+        crate::info!("Wrote {}", shown(&tflite.output));
+    }
     crate::info!(
         "Wrote {} and {}",
         shown(&output_graph),
@@ -152,6 +159,45 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     })
 }
 
+/// The `--output-tflite` file's bytes, made before anything is written so that a graph
+/// that cannot be exported leaves no outputs behind.
+fn tflite_bytes(
+    options: &RetrainOptions,
+    backbone: &Backbone,
+    graph: &RetrainedGraphFile,
+    labels: &[String],
+    output_graph: &Path,
+) -> Result<Option<Vec<u8>>> {
+    if options.output_tflite.is_none() {
+        return Ok(None);
+    }
+    let metadata = GraphMetadata {
+        labels: Some(labels.to_vec()),
+        preprocessing: backbone.preprocessing.clone(),
+        backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
+        input: None,
+        output: None,
+    };
+    let display = shown(output_graph);
+    tflite::export::tflite_file(graph, &metadata, &display).map(Some)
+}
+
+/// `--output-tflite` needs an ONNX backbone and a path of its own, checked before any work.
+fn check_tflite_output(options: &RetrainOptions, backbone: &Backbone, graph: &Path) -> Result<()> {
+    let Some(tflite) = &options.output_tflite else {
+        return Ok(());
+    };
+    if backbone.format() != ModelFormat::Onnx {
+        bail!("--output-tflite: the TensorFlow Lite export reads ONNX graphs, and {} is a TensorFlow graph; use an ONNX backbone", backbone.name);
+    }
+    for (other, flag) in [(graph, "--output-graph"), (options.output_labels.as_path(), "--output-labels")] {
+        if same_destination(&tflite.output, other) {
+            bail!("--output-tflite {} is the same file as {flag} {}: give them two names", shown(&tflite.output), shown(other));
+        }
+    }
+    Ok(())
+}
+
 /// `--output-graph`, or retrain.py's name with the extension of the backbone's format.
 fn output_graph_path(options: &RetrainOptions, backbone: &Backbone) -> PathBuf {
     let extension = match backbone.format() {
@@ -169,6 +215,9 @@ fn output_graph_path(options: &RetrainOptions, backbone: &Backbone) -> PathBuf {
 /// for the backbone's format.
 fn check_outputs(options: &RetrainOptions) -> Result<()> {
     check_writable(&options.output_labels, "--output-labels")?;
+    if let Some(tflite) = &options.output_tflite {
+        check_writable(&tflite.output, "--output-tflite")?;
+    }
     if let Some(graph) = &options.output_graph {
         check_graph_output(graph, &options.output_labels)?;
     }
