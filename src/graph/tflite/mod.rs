@@ -13,6 +13,7 @@ pub mod file;
 pub mod generated;
 pub mod ir;
 pub mod model_metadata;
+pub mod quantize;
 pub mod read;
 pub mod run;
 pub mod write;
