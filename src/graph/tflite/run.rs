@@ -109,24 +109,60 @@ pub fn execute(model: &Model, operator: &Operator, values: &[Option<Value>]) -> 
     let input = |i: usize| floats(model, values, operator.inputs[i]);
     let out_shape = &model.tensors[operator.outputs[0]].shape;
     let out = match &operator.op {
-        Op::Conv2d { stride, dilation, padding, activation } => {
-            let geometry = Geometry::new(shape(0), shape(1), out_shape, *stride, *dilation, *padding);
+        Op::Conv2d {
+            stride,
+            dilation,
+            padding,
+            activation,
+        } => {
+            let geometry =
+                Geometry::new(shape(0), shape(1), out_shape, *stride, *dilation, *padding);
             conv2d(&geometry, input(0)?, input(1)?, input(2)?, *activation)
         }
-        Op::DepthwiseConv2d { stride, dilation, padding, activation, .. } => {
-            let geometry = Geometry::new(shape(0), shape(1), out_shape, *stride, *dilation, *padding);
+        Op::DepthwiseConv2d {
+            stride,
+            dilation,
+            padding,
+            activation,
+            ..
+        } => {
+            let geometry =
+                Geometry::new(shape(0), shape(1), out_shape, *stride, *dilation, *padding);
             depthwise(&geometry, input(0)?, input(1)?, input(2)?, *activation)
         }
-        Op::AveragePool2d { filter, stride, padding, activation } => {
+        Op::AveragePool2d {
+            filter,
+            stride,
+            padding,
+            activation,
+        } => {
             let kernel = [1, filter[0], filter[1], 1];
             let geometry = Geometry::new(shape(0), &kernel, out_shape, *stride, [1, 1], *padding);
             average_pool(&geometry, input(0)?, *activation)
         }
         Op::Mean { .. } => spatial_mean(shape(0), input(0)?),
-        Op::Add { activation } => elementwise(shape(0), input(0)?, shape(1), input(1)?, out_shape, |a, b| a + b, *activation),
-        Op::Mul { activation } => elementwise(shape(0), input(0)?, shape(1), input(1)?, out_shape, |a, b| a * b, *activation),
+        Op::Add { activation } => elementwise(
+            shape(0),
+            input(0)?,
+            shape(1),
+            input(1)?,
+            out_shape,
+            |a, b| a + b,
+            *activation,
+        ),
+        Op::Mul { activation } => elementwise(
+            shape(0),
+            input(0)?,
+            shape(1),
+            input(1)?,
+            out_shape,
+            |a, b| a * b,
+            *activation,
+        ),
         Op::Pad => {
-            let paddings = model.constant_i32(operator.inputs[1]).ok_or_else(|| anyhow!("PAD without constant paddings"))?;
+            let paddings = model
+                .constant_i32(operator.inputs[1])
+                .ok_or_else(|| anyhow!("PAD without constant paddings"))?;
             pad(shape(0), input(0)?, paddings, out_shape)
         }
         Op::Reshape => input(0)?.to_vec(),
@@ -135,9 +171,18 @@ pub fn execute(model: &Model, operator: &Operator, values: &[Option<Value>]) -> 
             fully_connected(input(0)?, input(1)?, shape(1), bias, *activation)
         }
         Op::Softmax { beta } => softmax(input(0)?, *shape(0).last().unwrap_or(&1), *beta),
-        Op::Relu => input(0)?.iter().map(|&x| Activation::Relu.apply(x)).collect(),
-        Op::Relu6 => input(0)?.iter().map(|&x| Activation::Relu6.apply(x)).collect(),
-        Op::Quantize | Op::Dequantize => bail!("{} is not run by flowers' float interpreter", operator.op.name()),
+        Op::Relu => input(0)?
+            .iter()
+            .map(|&x| Activation::Relu.apply(x))
+            .collect(),
+        Op::Relu6 => input(0)?
+            .iter()
+            .map(|&x| Activation::Relu6.apply(x))
+            .collect(),
+        Op::Quantize | Op::Dequantize => bail!(
+            "{} is not run by flowers' float interpreter",
+            operator.op.name()
+        ),
     };
     Ok(Value::F32(out))
 }
@@ -155,7 +200,14 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(input: &[usize], kernel: &[usize], output: &[usize], stride: [usize; 2], dilation: [usize; 2], padding: Padding) -> Geometry {
+    fn new(
+        input: &[usize],
+        kernel: &[usize],
+        output: &[usize],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        padding: Padding,
+    ) -> Geometry {
         let kernel = [kernel[1], kernel[2]];
         let before = |axis: usize| {
             padding
@@ -174,18 +226,26 @@ impl Geometry {
 
     /// The input row (or column) a kernel tap reads, if it is inside the image.
     fn source(&self, axis: usize, out: usize, tap: usize) -> Option<usize> {
-        let at = (out * self.stride[axis] + tap * self.dilation[axis]).checked_sub(self.before[axis])?;
+        let at =
+            (out * self.stride[axis] + tap * self.dilation[axis]).checked_sub(self.before[axis])?;
         (at < self.input[axis + 1]).then_some(at)
     }
 }
 
 /// CONV_2D: the image's patches (im2col) times the OHWI filter, plus bias.
-fn conv2d(g: &Geometry, input: &[f32], filter: &[f32], bias: &[f32], activation: Activation) -> Vec<f32> {
+fn conv2d(
+    g: &Geometry,
+    input: &[f32],
+    filter: &[f32],
+    bias: &[f32],
+    activation: Activation,
+) -> Vec<f32> {
     let [batch, h, w, channels] = g.input;
     let [_, out_h, out_w, out_channels] = g.output;
     let [kh, kw] = g.kernel;
     let depth = kh * kw * channels;
-    let filter = ArrayView2::from_shape((out_channels, depth), filter).expect("checked OHWI filter");
+    let filter =
+        ArrayView2::from_shape((out_channels, depth), filter).expect("checked OHWI filter");
     let mut output = vec![0.0f32; batch * out_h * out_w * out_channels];
     let pointwise = kh == 1 && kw == 1 && g.stride == [1, 1] && (out_h, out_w) == (h, w);
     let mut patches = Vec::new();
@@ -198,8 +258,10 @@ fn conv2d(g: &Geometry, input: &[f32], filter: &[f32], bias: &[f32], activation:
             &patches[..]
         };
         let rows = ArrayView2::from_shape((out_h * out_w, depth), rows).expect("patch matrix");
-        let plane = &mut output[n * out_h * out_w * out_channels..(n + 1) * out_h * out_w * out_channels];
-        let mut result = ArrayViewMut2::from_shape((out_h * out_w, out_channels), plane).expect("output matrix");
+        let plane =
+            &mut output[n * out_h * out_w * out_channels..(n + 1) * out_h * out_w * out_channels];
+        let mut result =
+            ArrayViewMut2::from_shape((out_h * out_w, out_channels), plane).expect("output matrix");
         general_mat_mul(1.0, &rows, &filter.t(), 0.0, &mut result);
     }
     for pixel in output.chunks_exact_mut(out_channels) {
@@ -234,7 +296,13 @@ fn im2col(g: &Geometry, image: &[f32], patches: &mut Vec<f32>) {
 }
 
 /// DEPTHWISE_CONV_2D: output channel `c * multiplier + m` filters input channel `c`.
-fn depthwise(g: &Geometry, input: &[f32], filter: &[f32], bias: &[f32], activation: Activation) -> Vec<f32> {
+fn depthwise(
+    g: &Geometry,
+    input: &[f32],
+    filter: &[f32],
+    bias: &[f32],
+    activation: Activation,
+) -> Vec<f32> {
     let [batch, h, w, channels] = g.input;
     let [_, out_h, out_w, out_channels] = g.output;
     let [kh, kw] = g.kernel;
@@ -247,9 +315,13 @@ fn depthwise(g: &Geometry, input: &[f32], filter: &[f32], bias: &[f32], activati
                 let pixel = &mut output[at..at + out_channels];
                 pixel.copy_from_slice(bias);
                 for ky in 0..kh {
-                    let Some(y) = g.source(0, oy, ky) else { continue };
+                    let Some(y) = g.source(0, oy, ky) else {
+                        continue;
+                    };
                     for kx in 0..kw {
-                        let Some(x) = g.source(1, ox, kx) else { continue };
+                        let Some(x) = g.source(1, ox, kx) else {
+                            continue;
+                        };
                         let from = ((n * h + y) * w + x) * channels;
                         let source = &input[from..from + channels];
                         let taps = &filter[(ky * kw + kx) * out_channels..][..out_channels];
@@ -286,9 +358,13 @@ fn average_pool(g: &Geometry, input: &[f32], activation: Activation) -> Vec<f32>
                 let pixel = &mut output[at..at + channels];
                 let mut count = 0usize;
                 for ky in 0..kh {
-                    let Some(y) = g.source(0, oy, ky) else { continue };
+                    let Some(y) = g.source(0, oy, ky) else {
+                        continue;
+                    };
                     for kx in 0..kw {
-                        let Some(x) = g.source(1, ox, kx) else { continue };
+                        let Some(x) = g.source(1, ox, kx) else {
+                            continue;
+                        };
                         let from = ((n * h + y) * w + x) * channels;
                         for (o, s) in pixel.iter_mut().zip(&input[from..from + channels]) {
                             *o += s;
@@ -311,7 +387,8 @@ fn spatial_mean(shape: &[usize], input: &[f32]) -> Vec<f32> {
     let mut output = vec![0.0f32; batch * channels];
     for n in 0..batch {
         let sums = &mut output[n * channels..(n + 1) * channels];
-        for pixel in input[n * h * w * channels..(n + 1) * h * w * channels].chunks_exact(channels) {
+        for pixel in input[n * h * w * channels..(n + 1) * h * w * channels].chunks_exact(channels)
+        {
             for (s, v) in sums.iter_mut().zip(pixel) {
                 *s += v;
             }
@@ -334,9 +411,16 @@ fn elementwise(
     activation: Activation,
 ) -> Vec<f32> {
     if a_shape == b_shape {
-        return a.iter().zip(b).map(|(&x, &y)| activation.apply(f(x, y))).collect();
+        return a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| activation.apply(f(x, y)))
+            .collect();
     }
-    let (sa, sb) = (broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape));
+    let (sa, sb) = (
+        broadcast_strides(a_shape, out_shape),
+        broadcast_strides(b_shape, out_shape),
+    );
     let total: usize = out_shape.iter().product();
     let mut index = vec![0usize; out_shape.len()];
     let mut output = Vec::with_capacity(total);
@@ -379,7 +463,9 @@ fn pad(shape: &[usize], input: &[f32], paddings: &[i32], out_shape: &[usize]) ->
         for y in 0..h {
             for x in 0..w {
                 let from = ((n * h + y) * w + x) * channels;
-                let to = (((n + before[0]) * out_h + y + before[1]) * out_w + x + before[2]) * out_c + before[3];
+                let to = (((n + before[0]) * out_h + y + before[1]) * out_w + x + before[2])
+                    * out_c
+                    + before[3];
                 output[to..to + channels].copy_from_slice(&input[from..from + channels]);
             }
         }
@@ -388,13 +474,20 @@ fn pad(shape: &[usize], input: &[f32], paddings: &[i32], out_shape: &[usize]) ->
 }
 
 /// FULLY_CONNECTED: [batch, in] times the [out, in] weights, plus bias.
-fn fully_connected(input: &[f32], weights: &[f32], weights_shape: &[usize], bias: Option<&[f32]>, activation: Activation) -> Vec<f32> {
+fn fully_connected(
+    input: &[f32],
+    weights: &[f32],
+    weights_shape: &[usize],
+    bias: Option<&[f32]>,
+    activation: Activation,
+) -> Vec<f32> {
     let (outputs, depth) = (weights_shape[0], weights_shape[1]);
     let batch = input.len() / depth;
     let x = ArrayView2::from_shape((batch, depth), input).expect("checked input");
     let w = ArrayView2::from_shape((outputs, depth), weights).expect("checked weights");
     let mut output = vec![0.0f32; batch * outputs];
-    let mut result = ArrayViewMut2::from_shape((batch, outputs), output.as_mut_slice()).expect("output matrix");
+    let mut result =
+        ArrayViewMut2::from_shape((batch, outputs), output.as_mut_slice()).expect("output matrix");
     general_mat_mul(1.0, &x, &w.t(), 0.0, &mut result);
     for row in output.chunks_exact_mut(outputs) {
         for (i, v) in row.iter_mut().enumerate() {
@@ -426,10 +519,17 @@ fn softmax(input: &[f32], classes: usize, beta: f32) -> Vec<f32> {
 pub fn check(model: &Model) -> Result<()> {
     let input = model.input()?;
     let output = model.output()?;
-    ensure!(input.element == ElementType::F32 && input.data.is_none(), "the input is not a float32 activation");
-    ensure!(output.element == ElementType::F32, "the output is not float32");
+    ensure!(
+        input.element == ElementType::F32 && input.data.is_none(),
+        "the input is not a float32 activation"
+    );
+    ensure!(
+        output.element == ElementType::F32,
+        "the output is not float32"
+    );
     for (index, operator) in model.operators.iter().enumerate() {
-        check_operator(model, operator).map_err(|e| anyhow!("operator {index} ({}): {e}", operator.op.name()))?;
+        check_operator(model, operator)
+            .map_err(|e| anyhow!("operator {index} ({}): {e}", operator.op.name()))?;
     }
     Ok(())
 }
@@ -441,82 +541,177 @@ fn check_operator(model: &Model, operator: &Operator) -> Result<()> {
         Op::Add { .. } | Op::Mul { .. } | Op::Pad | Op::Reshape | Op::Mean { .. } => 2..=2,
         _ => 1..=1,
     };
-    ensure!(arity.contains(&operator.inputs.len()), "{} inputs", operator.inputs.len());
-    ensure!(operator.outputs.len() == 1, "{} outputs", operator.outputs.len());
+    ensure!(
+        arity.contains(&operator.inputs.len()),
+        "{} inputs",
+        operator.inputs.len()
+    );
+    ensure!(
+        operator.outputs.len() == 1,
+        "{} outputs",
+        operator.outputs.len()
+    );
     let tensor = |i: usize| &model.tensors[operator.inputs[i]];
     let out = &model.tensors[operator.outputs[0]];
     for &i in operator.inputs.iter().chain(&operator.outputs) {
         let t = &model.tensors[i];
-        let integer_side = matches!(operator.op, Op::Pad | Op::Reshape | Op::Mean { .. }) && i == operator.inputs[1];
+        let integer_side = matches!(operator.op, Op::Pad | Op::Reshape | Op::Mean { .. })
+            && i == operator.inputs[1];
         if !integer_side {
-            ensure!(t.element == ElementType::F32, "tensor {} is {}, flowers' interpreter runs float32 operators", t.name, t.element.as_str());
+            ensure!(
+                t.element == ElementType::F32,
+                "tensor {} is {}, flowers' interpreter runs float32 operators",
+                t.name,
+                t.element.as_str()
+            );
         }
     }
     ensure!(out.data.is_none(), "it writes the constant {}", out.name);
     let expected = output_shape(model, operator, tensor)?;
-    ensure!(expected == out.shape, "its output {} has shape {:?}, the operator computes {expected:?}", out.name, out.shape);
+    ensure!(
+        expected == out.shape,
+        "its output {} has shape {:?}, the operator computes {expected:?}",
+        out.name,
+        out.shape
+    );
     Ok(())
 }
 
 /// The output shape an operator computes from its inputs.
-fn output_shape<'m>(model: &'m Model, operator: &Operator, tensor: impl Fn(usize) -> &'m super::ir::Tensor) -> Result<Vec<usize>> {
+fn output_shape<'m>(
+    model: &'m Model,
+    operator: &Operator,
+    tensor: impl Fn(usize) -> &'m super::ir::Tensor,
+) -> Result<Vec<usize>> {
     let dims4 = |i: usize| -> Result<[usize; 4]> {
         let s = &tensor(i).shape;
-        s.as_slice().try_into().map_err(|_| anyhow!("input {i} has shape {s:?}, not NHWC"))
+        s.as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("input {i} has shape {s:?}, not NHWC"))
     };
-    let spatial = |x: [usize; 4], k: [usize; 2], stride: [usize; 2], dilation: [usize; 2], padding: Padding| -> Result<[usize; 2]> {
-        let out = |axis: usize| padding.output(x[axis + 1], k[axis], stride[axis], dilation[axis]).map(|(o, _)| o);
+    let spatial = |x: [usize; 4],
+                   k: [usize; 2],
+                   stride: [usize; 2],
+                   dilation: [usize; 2],
+                   padding: Padding|
+     -> Result<[usize; 2]> {
+        let out = |axis: usize| {
+            padding
+                .output(x[axis + 1], k[axis], stride[axis], dilation[axis])
+                .map(|(o, _)| o)
+        };
         match (out(0), out(1)) {
             (Some(h), Some(w)) if h > 0 && w > 0 => Ok([h, w]),
             _ => bail!("the kernel {k:?} does not fit the input {x:?}"),
         }
     };
     Ok(match &operator.op {
-        Op::Conv2d { stride, dilation, padding, .. } => {
+        Op::Conv2d {
+            stride,
+            dilation,
+            padding,
+            ..
+        } => {
             let (x, f) = (dims4(0)?, dims4(1)?);
-            ensure!(f[3] == x[3], "the filter {f:?} does not match {} input channels", x[3]);
+            ensure!(
+                f[3] == x[3],
+                "the filter {f:?} does not match {} input channels",
+                x[3]
+            );
             ensure!(tensor(2).shape == [f[0]], "the bias is not [{}]", f[0]);
-            ensure!(tensor(1).data.is_some() && tensor(2).data.is_some(), "the filter and bias are not constants");
+            ensure!(
+                tensor(1).data.is_some() && tensor(2).data.is_some(),
+                "the filter and bias are not constants"
+            );
             let [h, w] = spatial(x, [f[1], f[2]], *stride, *dilation, *padding)?;
             vec![x[0], h, w, f[0]]
         }
-        Op::DepthwiseConv2d { stride, dilation, padding, .. } => {
+        Op::DepthwiseConv2d {
+            stride,
+            dilation,
+            padding,
+            ..
+        } => {
             let (x, f) = (dims4(0)?, dims4(1)?);
-            ensure!(f[0] == 1 && x[3] > 0 && f[3] % x[3] == 0, "the filter {f:?} does not match {} input channels", x[3]);
+            ensure!(
+                f[0] == 1 && x[3] > 0 && f[3] % x[3] == 0,
+                "the filter {f:?} does not match {} input channels",
+                x[3]
+            );
             ensure!(tensor(2).shape == [f[3]], "the bias is not [{}]", f[3]);
-            ensure!(tensor(1).data.is_some() && tensor(2).data.is_some(), "the filter and bias are not constants");
+            ensure!(
+                tensor(1).data.is_some() && tensor(2).data.is_some(),
+                "the filter and bias are not constants"
+            );
             let [h, w] = spatial(x, [f[1], f[2]], *stride, *dilation, *padding)?;
             vec![x[0], h, w, f[3]]
         }
-        Op::AveragePool2d { filter, stride, padding, .. } => {
+        Op::AveragePool2d {
+            filter,
+            stride,
+            padding,
+            ..
+        } => {
             let x = dims4(0)?;
             let [h, w] = spatial(x, *filter, *stride, [1, 1], *padding)?;
             vec![x[0], h, w, x[3]]
         }
         Op::Mean { keep_dims } => {
             let x = dims4(0)?;
-            let axes = model.constant_i32(operator.inputs[1]).ok_or_else(|| anyhow!("the axes are not an int32 constant"))?;
-            ensure!(axes == [1, 2], "a mean over axes {axes:?}: flowers runs means over height and width");
-            if *keep_dims { vec![x[0], 1, 1, x[3]] } else { vec![x[0], x[3]] }
+            let axes = model
+                .constant_i32(operator.inputs[1])
+                .ok_or_else(|| anyhow!("the axes are not an int32 constant"))?;
+            ensure!(
+                axes == [1, 2],
+                "a mean over axes {axes:?}: flowers runs means over height and width"
+            );
+            if *keep_dims {
+                vec![x[0], 1, 1, x[3]]
+            } else {
+                vec![x[0], x[3]]
+            }
         }
         Op::Add { .. } | Op::Mul { .. } => broadcast(&tensor(0).shape, &tensor(1).shape)?,
         Op::Pad => {
             let x = dims4(0)?;
-            let paddings = model.constant_i32(operator.inputs[1]).ok_or_else(|| anyhow!("the paddings are not an int32 constant"))?;
-            ensure!(paddings.len() == 8 && paddings.iter().all(|&p| (0..=1 << 16).contains(&p)), "paddings {paddings:?}");
-            (0..4).map(|a| x[a] + paddings[2 * a] as usize + paddings[2 * a + 1] as usize).collect()
+            let paddings = model
+                .constant_i32(operator.inputs[1])
+                .ok_or_else(|| anyhow!("the paddings are not an int32 constant"))?;
+            ensure!(
+                paddings.len() == 8 && paddings.iter().all(|&p| (0..=1 << 16).contains(&p)),
+                "paddings {paddings:?}"
+            );
+            (0..4)
+                .map(|a| x[a] + paddings[2 * a] as usize + paddings[2 * a + 1] as usize)
+                .collect()
         }
         Op::Reshape => {
             let out = &model.tensors[operator.outputs[0]].shape;
-            ensure!(out.iter().product::<usize>() == tensor(0).len(), "{:?} cannot become {out:?}", tensor(0).shape);
+            ensure!(
+                out.iter().product::<usize>() == tensor(0).len(),
+                "{:?} cannot become {out:?}",
+                tensor(0).shape
+            );
             out.clone()
         }
         Op::FullyConnected { .. } => {
             let w = &tensor(1).shape;
-            ensure!(w.len() == 2 && w[1] > 0 && tensor(1).data.is_some(), "the weights {w:?} are not a constant matrix");
-            ensure!(tensor(0).len() % w[1] == 0, "{:?} inputs do not fill rows of {}", tensor(0).shape, w[1]);
+            ensure!(
+                w.len() == 2 && w[1] > 0 && tensor(1).data.is_some(),
+                "the weights {w:?} are not a constant matrix"
+            );
+            ensure!(
+                tensor(0).len().is_multiple_of(w[1]),
+                "{:?} inputs do not fill rows of {}",
+                tensor(0).shape,
+                w[1]
+            );
             if operator.inputs.len() == 3 {
-                ensure!(tensor(2).shape == [w[0]] && tensor(2).data.is_some(), "the bias is not a constant [{}]", w[0]);
+                ensure!(
+                    tensor(2).shape == [w[0]] && tensor(2).data.is_some(),
+                    "the bias is not a constant [{}]",
+                    w[0]
+                );
             }
             vec![tensor(0).len() / w[1], w[0]]
         }
@@ -527,7 +722,13 @@ fn output_shape<'m>(model: &'m Model, operator: &Operator, tensor: impl Fn(usize
 
 fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
-    let dim = |s: &[usize], i: usize| if i < rank - s.len() { 1 } else { s[i - (rank - s.len())] };
+    let dim = |s: &[usize], i: usize| {
+        if i < rank - s.len() {
+            1
+        } else {
+            s[i - (rank - s.len())]
+        }
+    };
     (0..rank)
         .map(|i| match (dim(a, i), dim(b, i)) {
             (x, y) if x == y => Ok(x),
