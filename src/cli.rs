@@ -632,13 +632,17 @@ impl Cli {
                 args.into_options(quiet)?,
             ))),
             Command::Export(args) => match args.format {
-                ExportFormat::Tflite => Request::Run(options::Command::Export(options::ExportOptions {
-                    graph: args.graph.unwrap_or_else(|| PathBuf::from("retrained_graph.onnx")),
-                    labels: args.labels,
-                    tflite: options::TfliteOptions {
-                        output: args.output,
-                    },
-                })),
+                ExportFormat::Tflite => {
+                    Request::Run(options::Command::Export(options::ExportOptions {
+                        graph: args
+                            .graph
+                            .unwrap_or_else(|| PathBuf::from("retrained_graph.onnx")),
+                        labels: args.labels,
+                        tflite: options::TfliteOptions {
+                            output: args.output,
+                        },
+                    }))
+                }
             },
             Command::Architectures(args) => Request::Run(options::Command::Architectures(
                 options::ArchitecturesOptions {

@@ -223,8 +223,8 @@ fn load_tflite(
     };
     warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
     let labels = resolve_labels(metadata.labels, labels_file, display)?;
-    let interpreter = Interpreter::new(file.model)
-        .map_err(|e| anyhow!("{display} cannot be run: {e}"))?;
+    let interpreter =
+        Interpreter::new(file.model).map_err(|e| anyhow!("{display} cannot be run: {e}"))?;
     Ok((labels, metadata.preprocessing, Runner::Tflite(interpreter)))
 }
 

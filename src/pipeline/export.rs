@@ -46,7 +46,12 @@ pub fn run_command(options: &ExportOptions, out: &mut dyn Write) -> Result<u8> {
 }
 
 /// The labels file given with `--labels` must be the graph's own labels.
-fn check_labels(metadata: &GraphMetadata, labels: &[String], path: &str, display: &str) -> Result<()> {
+fn check_labels(
+    metadata: &GraphMetadata,
+    labels: &[String],
+    path: &str,
+    display: &str,
+) -> Result<()> {
     let Some(own) = &metadata.labels else {
         return Ok(());
     };

@@ -190,9 +190,16 @@ fn check_tflite_output(options: &RetrainOptions, backbone: &Backbone, graph: &Pa
     if backbone.format() != ModelFormat::Onnx {
         bail!("--output-tflite: the TensorFlow Lite export reads ONNX graphs, and {} is a TensorFlow graph; use an ONNX backbone", backbone.name);
     }
-    for (other, flag) in [(graph, "--output-graph"), (options.output_labels.as_path(), "--output-labels")] {
+    for (other, flag) in [
+        (graph, "--output-graph"),
+        (options.output_labels.as_path(), "--output-labels"),
+    ] {
         if same_destination(&tflite.output, other) {
-            bail!("--output-tflite {} is the same file as {flag} {}: give them two names", shown(&tflite.output), shown(other));
+            bail!(
+                "--output-tflite {} is the same file as {flag} {}: give them two names",
+                shown(&tflite.output),
+                shown(other)
+            );
         }
     }
     Ok(())

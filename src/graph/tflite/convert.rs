@@ -155,9 +155,7 @@ impl<'a> Converter<'a> {
                 Ok(())
             }
             op => bail!(
-                "{} has a {op} node ({}), which the TensorFlow Lite export does not support; it exports {SUPPORTED_ONNX_OPS}",
-                self.display,
-                quote(&node.name)
+                "the TensorFlow Lite export does not support {op}; it exports {SUPPORTED_ONNX_OPS}"
             ),
         }
     }
@@ -201,11 +199,9 @@ impl<'a> Converter<'a> {
         };
         let shape = vec![1, out_h, out_w, out_channels];
         let name = &node.output[0];
-        let bias = self.model.add_constant(
-            &format!("{name}/bias"),
-            vec![out_channels],
-            Data::F32(bias),
-        );
+        let bias =
+            self.model
+                .add_constant(&format!("{name}/bias"), vec![out_channels], Data::F32(bias));
         if group == 1 && per_group == channels {
             let filter = permuted(&weights, &[0, 2, 3, 1]);
             let filter = self.model.add_constant(
@@ -284,10 +280,19 @@ impl<'a> Converter<'a> {
     /// A PAD of `pads` (`[top, left, bottom, right]`) with zeros.
     fn explicit_pad(&mut self, x: TensorId, pads: [usize; 4], name: &str) -> TensorId {
         let [n, h, w, c] = dims4(self.shape(x)).expect("activations are NHWC");
-        let paddings = vec![0, 0, pads[0] as i32, pads[2] as i32, pads[1] as i32, pads[3] as i32, 0, 0];
-        let paddings = self
-            .model
-            .add_constant(&format!("{name}/paddings"), vec![4, 2], Data::I32(paddings));
+        let paddings = vec![
+            0,
+            0,
+            pads[0] as i32,
+            pads[2] as i32,
+            pads[1] as i32,
+            pads[3] as i32,
+            0,
+            0,
+        ];
+        let paddings =
+            self.model
+                .add_constant(&format!("{name}/paddings"), vec![4, 2], Data::I32(paddings));
         let shape = vec![n, h + pads[0] + pads[2], w + pads[1] + pads[3], c];
         self.emit(Op::Pad, vec![x, paddings], name, shape)
     }
@@ -325,8 +330,13 @@ impl<'a> Converter<'a> {
             (Err(_), Ok(y)) => (self.nhwc_constant(a, y)?, y),
             (Err(error), Err(_)) => return Err(error),
         };
-        let shape = broadcast(self.shape(x), self.shape(y))
-            .ok_or_else(|| anyhow!("shapes {:?} and {:?} do not broadcast", self.shape(x), self.shape(y)))?;
+        let shape = broadcast(self.shape(x), self.shape(y)).ok_or_else(|| {
+            anyhow!(
+                "shapes {:?} and {:?} do not broadcast",
+                self.shape(x),
+                self.shape(y)
+            )
+        })?;
         self.emit(op(Activation::None), vec![x, y], &node.output[0], shape);
         Ok(())
     }
@@ -336,7 +346,10 @@ impl<'a> Converter<'a> {
         let value = self.constant(name)?.clone();
         let rank = self.shape(like).len();
         if value.ndim() > rank {
-            bail!("constant {} has more dimensions than the tensor it meets", quote(name));
+            bail!(
+                "constant {} has more dimensions than the tensor it meets",
+                quote(name)
+            );
         }
         let mut dims = vec![1; rank - value.ndim()];
         dims.extend(value.shape());
@@ -372,11 +385,29 @@ impl<'a> Converter<'a> {
         }
         let channels = scale.len();
         let name = &node.output[0];
-        let scale = self.model.add_constant(&format!("{name}/scale"), vec![channels], Data::F32(scale));
-        let shift = self.model.add_constant(&format!("{name}/shift"), vec![channels], Data::F32(shift));
+        let scale =
+            self.model
+                .add_constant(&format!("{name}/scale"), vec![channels], Data::F32(scale));
+        let shift =
+            self.model
+                .add_constant(&format!("{name}/shift"), vec![channels], Data::F32(shift));
         let shape = self.shape(x).to_vec();
-        let scaled = self.emit(Op::Mul { activation: Activation::None }, vec![x, scale], &format!("{name}/scaled"), shape.clone());
-        self.emit(Op::Add { activation: Activation::None }, vec![scaled, shift], name, shape);
+        let scaled = self.emit(
+            Op::Mul {
+                activation: Activation::None,
+            },
+            vec![x, scale],
+            &format!("{name}/scaled"),
+            shape.clone(),
+        );
+        self.emit(
+            Op::Add {
+                activation: Activation::None,
+            },
+            vec![scaled, shift],
+            name,
+            shape,
+        );
         Ok(())
     }
 
@@ -392,8 +423,14 @@ impl<'a> Converter<'a> {
         let operator = &self.model.operators[index];
         let (filter, bias) = (operator.inputs[1], operator.inputs[2]);
         let per_output_first = match operator.op {
-            Op::Conv2d { activation: Activation::None, .. } => true,
-            Op::DepthwiseConv2d { activation: Activation::None, .. } => false,
+            Op::Conv2d {
+                activation: Activation::None,
+                ..
+            } => true,
+            Op::DepthwiseConv2d {
+                activation: Activation::None,
+                ..
+            } => false,
             _ => return false,
         };
         let channels = scale.len();
@@ -403,7 +440,11 @@ impl<'a> Converter<'a> {
         if let Some(Data::F32(weights)) = &mut self.model.tensors[filter].data {
             let per_channel = weights.len() / channels;
             for (i, w) in weights.iter_mut().enumerate() {
-                let channel = if per_output_first { i / per_channel } else { i % channels };
+                let channel = if per_output_first {
+                    i / per_channel
+                } else {
+                    i % channels
+                };
                 *w *= scale[channel];
             }
         }
@@ -446,14 +487,23 @@ impl<'a> Converter<'a> {
     fn mean(&mut self, node: &NodeProto, axes: &[i64], keep_dims: bool) -> Result<()> {
         let x = self.activation(&node.input[0])?;
         let [n, _, _, c] = dims4(self.shape(x))?;
-        let mut sorted: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
+        let mut sorted: Vec<i64> = axes
+            .iter()
+            .map(|&a| if a < 0 { a + 4 } else { a })
+            .collect();
         sorted.sort_unstable();
         if sorted != [2, 3] {
             bail!("a mean over axes {axes:?} (not the spatial axes) is not exported");
         }
         let name = &node.output[0];
-        let axes = self.model.add_constant(&format!("{name}/axes"), vec![2], Data::I32(vec![1, 2]));
-        let shape = if keep_dims { vec![n, 1, 1, c] } else { vec![n, c] };
+        let axes = self
+            .model
+            .add_constant(&format!("{name}/axes"), vec![2], Data::I32(vec![1, 2]));
+        let shape = if keep_dims {
+            vec![n, 1, 1, c]
+        } else {
+            vec![n, c]
+        };
         self.emit(Op::Mean { keep_dims }, vec![x, axes], name, shape);
         Ok(())
     }
@@ -491,7 +541,9 @@ impl<'a> Converter<'a> {
         let shape = self.shape(x).to_vec();
         let nchw: Vec<usize> = match shape[..] {
             [n, h, w, c] if h * w == 1 || c == 1 => vec![n, c, h, w],
-            [_, _, _, _] => bail!("reshaping a {shape:?} feature map would need NCHW order; it is not exported"),
+            [_, _, _, _] => {
+                bail!("reshaping a {shape:?} feature map would need NCHW order; it is not exported")
+            }
             _ => shape.clone(),
         };
         let total: usize = nchw.iter().product();
@@ -508,13 +560,19 @@ impl<'a> Converter<'a> {
             }
             "Squeeze" => nchw.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>(),
             _ => {
-                let spec: Vec<i64> = self.constant(&node.input[1])?.iter().map(|&v| v as i64).collect();
+                let spec: Vec<i64> = self
+                    .constant(&node.input[1])?
+                    .iter()
+                    .map(|&v| v as i64)
+                    .collect();
                 resolve_shape(&spec, &nchw, total)?
             }
         };
         let target = match target[..] {
             [n, c, h, w] if h * w == 1 || c == 1 => vec![n, h, w, c],
-            [_, _, _, _] => bail!("reshaping to a {target:?} feature map would need NCHW order; it is not exported"),
+            [_, _, _, _] => bail!(
+                "reshaping to a {target:?} feature map would need NCHW order; it is not exported"
+            ),
             _ => target,
         };
         if target.iter().product::<usize>() != total {
@@ -522,7 +580,9 @@ impl<'a> Converter<'a> {
         }
         let name = &node.output[0];
         let dims: Vec<i32> = target.iter().map(|&d| d as i32).collect();
-        let spec = self.model.add_constant(&format!("{name}/shape"), vec![dims.len()], Data::I32(dims));
+        let spec =
+            self.model
+                .add_constant(&format!("{name}/shape"), vec![dims.len()], Data::I32(dims));
         self.emit(Op::Reshape, vec![x, spec], name, target);
         Ok(())
     }
@@ -531,7 +591,10 @@ impl<'a> Converter<'a> {
     fn fully_connected(&mut self, node: &NodeProto) -> Result<()> {
         let x = self.activation(&node.input[0])?;
         let [batch, inputs] = self.shape(x)[..] else {
-            bail!("the input {:?} is not a [batch, features] matrix", self.shape(x));
+            bail!(
+                "the input {:?} is not a [batch, features] matrix",
+                self.shape(x)
+            );
         };
         let weights = self.constant(&node.input[1])?;
         let gemm = node.op_type == "Gemm";
@@ -539,9 +602,21 @@ impl<'a> Converter<'a> {
             bail!("Gemm with transA is not exported");
         }
         let trans_b = gemm && int_attribute(node, "transB").unwrap_or(0) != 0;
-        let alpha = if gemm { float_attribute(node, "alpha").unwrap_or(1.0) } else { 1.0 };
-        let beta = if gemm { float_attribute(node, "beta").unwrap_or(1.0) } else { 1.0 };
-        let weights = if trans_b { weights.clone() } else { weights.t().to_owned() };
+        let alpha = if gemm {
+            float_attribute(node, "alpha").unwrap_or(1.0)
+        } else {
+            1.0
+        };
+        let beta = if gemm {
+            float_attribute(node, "beta").unwrap_or(1.0)
+        } else {
+            1.0
+        };
+        let weights = if trans_b {
+            weights.clone()
+        } else {
+            weights.t().to_owned()
+        };
         let [outputs, k] = weights.shape()[..] else {
             bail!("the weights are not a matrix");
         };
@@ -562,9 +637,15 @@ impl<'a> Converter<'a> {
             None => vec![0.0; outputs],
         };
         let name = &node.output[0];
-        let filter = self.model.add_constant(&node.input[1], vec![outputs, inputs], Data::F32(filter));
-        let bias = self.model.add_constant(&format!("{name}/bias"), vec![outputs], Data::F32(bias));
-        let op = Op::FullyConnected { activation: Activation::None };
+        let filter =
+            self.model
+                .add_constant(&node.input[1], vec![outputs, inputs], Data::F32(filter));
+        let bias = self
+            .model
+            .add_constant(&format!("{name}/bias"), vec![outputs], Data::F32(bias));
+        let op = Op::FullyConnected {
+            activation: Activation::None,
+        };
         self.emit(op, vec![x, filter, bias], name, vec![batch, outputs]);
         Ok(())
     }
@@ -593,7 +674,7 @@ fn clip_activation(converter: &Converter, node: &NodeProto) -> Result<Activation
     let (min, max) = (bound(1, "min")?, bound(2, "max")?);
     match (min, max) {
         (Some(min), Some(max)) if min == 0.0 && max == 6.0 => Ok(Activation::Relu6),
-        (Some(min), None) if min == 0.0 => Ok(Activation::Relu),
+        (Some(0.0), None) => Ok(Activation::Relu),
         (Some(min), Some(max)) if min == 0.0 && max == f32::INFINITY => Ok(Activation::Relu),
         _ => bail!("Clip to [{min:?}, {max:?}] is not exported (only ReLU6 and ReLU clips are)"),
     }
@@ -605,7 +686,11 @@ fn reduce_axes(converter: &Converter, node: &NodeProto) -> Result<Vec<i64>> {
         return Ok(axes);
     }
     match node.input.get(1).filter(|n| !n.is_empty()) {
-        Some(name) => Ok(converter.constant(name)?.iter().map(|&v| v as i64).collect()),
+        Some(name) => Ok(converter
+            .constant(name)?
+            .iter()
+            .map(|&v| v as i64)
+            .collect()),
         None => bail!("a ReduceMean over every axis is not exported"),
     }
 }
@@ -616,7 +701,11 @@ fn resolve_shape(spec: &[i64], input: &[usize], total: usize) -> Result<Vec<usiz
     let mut inferred = None;
     for (i, &d) in spec.iter().enumerate() {
         match d {
-            0 => dims.push(*input.get(i).ok_or_else(|| anyhow!("reshape spec {spec:?}"))?),
+            0 => dims.push(
+                *input
+                    .get(i)
+                    .ok_or_else(|| anyhow!("reshape spec {spec:?}"))?,
+            ),
             -1 if inferred.is_none() => {
                 inferred = Some(i);
                 dims.push(1);
@@ -627,7 +716,7 @@ fn resolve_shape(spec: &[i64], input: &[usize], total: usize) -> Result<Vec<usiz
     }
     if let Some(i) = inferred {
         let known: usize = dims.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             bail!("reshape spec {spec:?} does not divide {total} values");
         }
         dims[i] = total / known;
@@ -638,7 +727,13 @@ fn resolve_shape(spec: &[i64], input: &[usize], total: usize) -> Result<Vec<usiz
 /// NumPy broadcasting of two shapes.
 fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
-    let dim = |s: &[usize], i: usize| if i < rank - s.len() { 1 } else { s[i - (rank - s.len())] };
+    let dim = |s: &[usize], i: usize| {
+        if i < rank - s.len() {
+            1
+        } else {
+            s[i - (rank - s.len())]
+        }
+    };
     (0..rank)
         .map(|i| match (dim(a, i), dim(b, i)) {
             (x, y) if x == y => Some(x),
@@ -657,7 +752,12 @@ fn dims4(shape: &[usize]) -> Result<[usize; 4]> {
 
 /// The values of `array` with its axes in `order`, row-major.
 fn permuted(array: &ArrayD<f32>, order: &[usize]) -> Vec<f32> {
-    array.view().permuted_axes(IxDyn(order)).iter().copied().collect()
+    array
+        .view()
+        .permuted_axes(IxDyn(order))
+        .iter()
+        .copied()
+        .collect()
 }
 
 /// An ONNX constant as floats (integers converted), shaped by its dims.
@@ -686,8 +786,12 @@ fn array(tensor: &TensorProto) -> Result<ArrayD<f32>> {
         ),
     };
     let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
-    ArrayD::from_shape_vec(IxDyn(&dims), values)
-        .map_err(|_| anyhow!("constant {} does not hold its shape's values", quote(&tensor.name)))
+    ArrayD::from_shape_vec(IxDyn(&dims), values).map_err(|_| {
+        anyhow!(
+            "constant {} does not hold its shape's values",
+            quote(&tensor.name)
+        )
+    })
 }
 
 fn attribute<'n>(node: &'n NodeProto, name: &str) -> Option<&'n pb::AttributeProto> {

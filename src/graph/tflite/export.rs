@@ -21,7 +21,11 @@ pub fn from_graph_bytes(bytes: Vec<u8>, display: &str) -> Result<(Model, GraphMe
     let proto = decode_model(bytes, display)?;
     let entries = proto.metadata_props.iter();
     let metadata = GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
-        .with_context(|| format!("{display} has no usable flowers metadata (was it written by `flowers retrain`?)"))?;
+        .with_context(|| {
+            format!(
+                "{display} has no usable flowers metadata (was it written by `flowers retrain`?)"
+            )
+        })?;
     let model = from_onnx(&proto, &metadata, display)?;
     Ok((model, metadata))
 }
@@ -36,7 +40,11 @@ pub fn from_onnx(proto: &ModelProto, metadata: &GraphMetadata, display: &str) ->
 }
 
 /// The `.tflite` file of a retrained graph just trained, with its labels and preprocessing.
-pub fn tflite_file(graph: &RetrainedGraphFile, metadata: &GraphMetadata, display: &str) -> Result<Vec<u8>> {
+pub fn tflite_file(
+    graph: &RetrainedGraphFile,
+    metadata: &GraphMetadata,
+    display: &str,
+) -> Result<Vec<u8>> {
     let model = match graph {
         RetrainedGraphFile::Onnx(proto) => from_onnx(proto, metadata, display)?,
         RetrainedGraphFile::TensorFlow(_) => bail!(

@@ -54,7 +54,11 @@ pub fn encode(model: &Model, metadata: &GraphMetadata) -> Result<Vec<u8>> {
             data: mm::flowers_buffer(&entries),
         },
     ];
-    let bytes = write::encode(model, &format!("flowers {}", env!("CARGO_PKG_VERSION")), &buffers);
+    let bytes = write::encode(
+        model,
+        &format!("flowers {}", env!("CARGO_PKG_VERSION")),
+        &buffers,
+    );
     let mut text = labels.join("\n");
     text.push('\n');
     let mut bytes = mm::append_packed_files(bytes, &[(mm::LABELS_FILE, text.as_bytes())])?;
@@ -80,16 +84,26 @@ pub fn decode(bytes: &[u8], display: &str) -> Result<TfliteFile> {
         bail!("{display} has no flowers metadata (was it written by `flowers export` or `flowers retrain --output-tflite`?)");
     };
     let entries = mm::parse_flowers_buffer(buffer).map_err(|e| anyhow!("{display}: {e}"))?;
-    let metadata = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| anyhow!("{display} has unusable flowers metadata: {e}"))?;
+    let metadata =
+        GraphMetadata::from_entries(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| anyhow!("{display} has unusable flowers metadata: {e}"))?;
     if metadata.preprocessing.layout != Layout::Nhwc {
-        bail!("{display}: {} must be NHWC in a TensorFlow Lite file", keys::LAYOUT);
+        bail!(
+            "{display}: {} must be NHWC in a TensorFlow Lite file",
+            keys::LAYOUT
+        );
     }
-    let input = decoded.model.input().map_err(|e| anyhow!("{display}: {e}"))?;
+    let input = decoded
+        .model
+        .input()
+        .map_err(|e| anyhow!("{display}: {e}"))?;
     let p = &metadata.preprocessing;
     let expected = [1, p.height as usize, p.width as usize, 3];
     if input.shape != expected {
-        bail!("{display}: its input has shape {:?}, its metadata says {expected:?}", input.shape);
+        bail!(
+            "{display}: its input has shape {:?}, its metadata says {expected:?}",
+            input.shape
+        );
     }
     Ok(TfliteFile {
         model: decoded.model,

@@ -181,8 +181,16 @@ pub enum Padding {
 
 impl Padding {
     /// Output size and padding before, for one spatial dimension.
-    pub fn output(self, input: usize, kernel: usize, stride: usize, dilation: usize) -> Option<(usize, usize)> {
-        let span = (kernel.checked_sub(1)?).checked_mul(dilation)?.checked_add(1)?;
+    pub fn output(
+        self,
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+    ) -> Option<(usize, usize)> {
+        let span = (kernel.checked_sub(1)?)
+            .checked_mul(dilation)?
+            .checked_add(1)?;
         if stride == 0 {
             return None;
         }
@@ -226,17 +234,27 @@ pub enum Op {
         activation: Activation,
     },
     /// input, axes (int32 constant).
-    Mean { keep_dims: bool },
+    Mean {
+        keep_dims: bool,
+    },
     /// Two inputs with NumPy broadcasting.
-    Add { activation: Activation },
-    Mul { activation: Activation },
+    Add {
+        activation: Activation,
+    },
+    Mul {
+        activation: Activation,
+    },
     /// input, paddings (int32 constant [rank, 2]); pads with zeros.
     Pad,
     /// input, new shape (int32 constant).
     Reshape,
     /// input [batch, in], weights [out, in], bias [out].
-    FullyConnected { activation: Activation },
-    Softmax { beta: f32 },
+    FullyConnected {
+        activation: Activation,
+    },
+    Softmax {
+        beta: f32,
+    },
     Relu,
     Relu6,
     /// float -> int8/uint8 (or int8 <-> uint8 requantization).

@@ -127,7 +127,9 @@ fn output_metadata<'a>(
     );
     let file_args = md::AssociatedFileArgs {
         name: Some(fbb.create_string(LABELS_FILE)),
-        description: Some(fbb.create_string("Labels for the classes the model recognises, one per line, in output order.")),
+        description: Some(fbb.create_string(
+            "Labels for the classes the model recognises, one per line, in output order.",
+        )),
         type_: md::AssociatedFileType::TENSOR_AXIS_LABELS,
         ..Default::default()
     };
@@ -156,8 +158,8 @@ pub fn append_packed_files(file: Vec<u8>, files: &[(&str, &[u8])]) -> Result<Vec
     let mut cursor = Cursor::new(file);
     cursor.set_position(end);
     let mut zip = zip::ZipWriter::new(cursor);
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, bytes) in files {
         zip.start_file(*name, options)?;
         zip.write_all(bytes)?;
@@ -167,8 +169,8 @@ pub fn append_packed_files(file: Vec<u8>, files: &[(&str, &[u8])]) -> Result<Vec
 
 /// The files packed at the end of a `.tflite` file, by name.
 pub fn packed_files(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| anyhow!("no packed files: {e}"))?;
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("no packed files: {e}"))?;
     let mut files = Vec::new();
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i)?;
@@ -177,7 +179,9 @@ pub fn packed_files(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
             .by_ref()
             .take(crate::backbone::limits::MAX_LABELS_BYTES)
             .read_to_end(&mut data)?;
-        let name = entry.name().map_err(|e| anyhow!("a packed file has no usable name: {e}"))?;
+        let name = entry
+            .name()
+            .map_err(|e| anyhow!("a packed file has no usable name: {e}"))?;
         files.push((name.to_string(), data));
     }
     Ok(files)
@@ -234,7 +238,8 @@ pub fn read_tflite_metadata(bytes: &[u8]) -> Result<Summary> {
         .into_iter()
         .flatten()
         .find_map(|unit| unit.options_as_normalization_options());
-    let floats = |v: Option<flatbuffers::Vector<f32>>| v.map(|v| v.iter().collect()).unwrap_or_default();
+    let floats =
+        |v: Option<flatbuffers::Vector<f32>>| v.map(|v| v.iter().collect()).unwrap_or_default();
     let labels_file = subgraph
         .output_tensor_metadata()
         .into_iter()

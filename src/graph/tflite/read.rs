@@ -8,8 +8,12 @@ use anyhow::{anyhow, bail, Result};
 use flatbuffers::VerifierOptions;
 
 use super::generated::schema as fb;
-use super::ir::{Activation, Data, ElementType, Model, Op, Operator, Padding, Quantization, Tensor};
-use crate::backbone::limits::{self, quote, Tally, MAX_CONSTANT_ELEMENTS, MAX_NODES, MAX_TENSOR_ELEMENTS};
+use super::ir::{
+    Activation, Data, ElementType, Model, Op, Operator, Padding, Quantization, Tensor,
+};
+use crate::backbone::limits::{
+    self, quote, Tally, MAX_CONSTANT_ELEMENTS, MAX_NODES, MAX_TENSOR_ELEMENTS,
+};
 
 /// Most dimensions of a tensor flowers runs (its operators are at most 4-d).
 const MAX_RANK: usize = 4;
@@ -33,8 +37,12 @@ pub fn decode(bytes: &[u8], display: &str) -> Result<Decoded> {
         max_apparent_size: limits::MAX_GRAPH_BYTES as usize,
         ignore_missing_null_terminator: false,
     };
-    let root = fb::root_as_model_with_opts(&options, bytes)
-        .map_err(|e| anyhow!("{display} is not a valid TensorFlow Lite file: {}", first_line(&e.to_string())))?;
+    let root = fb::root_as_model_with_opts(&options, bytes).map_err(|e| {
+        anyhow!(
+            "{display} is not a valid TensorFlow Lite file: {}",
+            first_line(&e.to_string())
+        )
+    })?;
     convert(&root).map_err(|e| anyhow!("{display} is not a TensorFlow Lite file flowers runs: {e}"))
 }
 
@@ -51,23 +59,38 @@ fn convert(root: &fb::Model) -> Result<Decoded> {
     let subgraph = subgraphs.get(0);
     let tensors = subgraph.tensors().ok_or_else(|| anyhow!("no tensors"))?;
     if tensors.len() > 4 * MAX_NODES {
-        bail!("{} tensors, over the limit of {}", tensors.len(), 4 * MAX_NODES);
+        bail!(
+            "{} tensors, over the limit of {}",
+            tensors.len(),
+            4 * MAX_NODES
+        );
     }
     let mut constants = Tally::default();
     let mut model = Model::default();
     for tensor in tensors.iter() {
-        model.tensors.push(read_tensor(&tensor, &buffers, &mut constants)?);
+        model
+            .tensors
+            .push(read_tensor(&tensor, &buffers, &mut constants)?);
     }
     let count = model.tensors.len();
     model.inputs = indices(subgraph.inputs(), count)?;
     model.outputs = indices(subgraph.outputs(), count)?;
-    let codes = root.operator_codes().ok_or_else(|| anyhow!("no operator codes"))?;
-    let operators = subgraph.operators().ok_or_else(|| anyhow!("no operators"))?;
+    let codes = root
+        .operator_codes()
+        .ok_or_else(|| anyhow!("no operator codes"))?;
+    let operators = subgraph
+        .operators()
+        .ok_or_else(|| anyhow!("no operators"))?;
     if operators.len() > MAX_NODES {
-        bail!("{} operators, over the limit of {MAX_NODES}", operators.len());
+        bail!(
+            "{} operators, over the limit of {MAX_NODES}",
+            operators.len()
+        );
     }
     for operator in operators.iter() {
-        model.operators.push(read_operator(&operator, &codes, count)?);
+        model
+            .operators
+            .push(read_operator(&operator, &codes, count)?);
     }
     check_order(&model)?;
     let metadata = read_metadata(root, &buffers)?;
@@ -82,7 +105,10 @@ fn element_type(t: fb::TensorType) -> Result<ElementType> {
         fb::TensorType::INT8 => ElementType::I8,
         fb::TensorType::UINT8 => ElementType::U8,
         fb::TensorType::INT64 => ElementType::I64,
-        other => bail!("tensors of type {} are not supported", other.variant_name().unwrap_or("unknown")),
+        other => bail!(
+            "tensors of type {} are not supported",
+            other.variant_name().unwrap_or("unknown")
+        ),
     })
 }
 
@@ -92,7 +118,10 @@ fn read_tensor(
     constants: &mut Tally,
 ) -> Result<Tensor> {
     let name = tensor.name().unwrap_or_default().to_string();
-    let dims: Vec<i32> = tensor.shape().map(|s| s.iter().collect()).unwrap_or_default();
+    let dims: Vec<i32> = tensor
+        .shape()
+        .map(|s| s.iter().collect())
+        .unwrap_or_default();
     if dims.len() > MAX_RANK || dims.iter().any(|&d| d < 1) {
         bail!("tensor {} has shape {dims:?}: flowers runs tensors of up to {MAX_RANK} positive dimensions", quote(&name));
     }
@@ -102,14 +131,27 @@ fn read_tensor(
     let element = element_type(tensor.type_())?;
     let index = tensor.buffer() as usize;
     if index >= buffers.len() {
-        bail!("tensor {} names buffer {index} of {}", quote(&name), buffers.len());
+        bail!(
+            "tensor {} names buffer {index} of {}",
+            quote(&name),
+            buffers.len()
+        );
     }
-    let bytes = buffers.get(index).data().map(|d| d.bytes()).unwrap_or_default();
+    let bytes = buffers
+        .get(index)
+        .data()
+        .map(|d| d.bytes())
+        .unwrap_or_default();
     let data = if bytes.is_empty() {
         None
     } else {
         if bytes.len() as u64 != count * element.size() as u64 {
-            bail!("constant {} holds {} bytes, not the {} of its shape {dims:?}", quote(&name), bytes.len(), count * element.size() as u64);
+            bail!(
+                "constant {} holds {} bytes, not the {} of its shape {dims:?}",
+                quote(&name),
+                bytes.len(),
+                count * element.size() as u64
+            );
         }
         constants
             .add(count, MAX_CONSTANT_ELEMENTS)
@@ -118,7 +160,10 @@ fn read_tensor(
     };
     let quantization = tensor.quantization().and_then(|q| {
         let scale: Vec<f32> = q.scale()?.iter().collect();
-        let zero_point: Vec<i64> = q.zero_point().map(|z| z.iter().collect()).unwrap_or_default();
+        let zero_point: Vec<i64> = q
+            .zero_point()
+            .map(|z| z.iter().collect())
+            .unwrap_or_default();
         Some(Quantization {
             scale,
             zero_point,
@@ -158,7 +203,11 @@ fn read_operator(
     }
     let code = codes.get(index);
     // Files from before schema 3a have only the byte-sized code.
-    let builtin = fb::BuiltinOperator(code.builtin_code().0.max(i32::from(code.deprecated_builtin_code())));
+    let builtin = fb::BuiltinOperator(
+        code.builtin_code()
+            .0
+            .max(i32::from(code.deprecated_builtin_code())),
+    );
     let op = read_op(operator, builtin)?;
     Ok(Operator {
         op,
@@ -172,7 +221,10 @@ fn activation(a: fb::ActivationFunctionType) -> Result<Activation> {
         fb::ActivationFunctionType::NONE => Activation::None,
         fb::ActivationFunctionType::RELU => Activation::Relu,
         fb::ActivationFunctionType::RELU6 => Activation::Relu6,
-        other => bail!("fused activation {} is not supported", other.variant_name().unwrap_or("unknown")),
+        other => bail!(
+            "fused activation {} is not supported",
+            other.variant_name().unwrap_or("unknown")
+        ),
     })
 }
 
@@ -194,38 +246,69 @@ fn positive(v: i32, what: &str) -> Result<usize> {
 
 fn read_op(operator: &fb::Operator, builtin: fb::BuiltinOperator) -> Result<Op> {
     use fb::BuiltinOperator as B;
-    let missing = || anyhow!("a {} operator without its options", builtin.variant_name().unwrap_or("?"));
+    let missing = || {
+        anyhow!(
+            "a {} operator without its options",
+            builtin.variant_name().unwrap_or("?")
+        )
+    };
     Ok(match builtin {
         B::CONV_2D => {
-            let o = operator.builtin_options_as_conv_2_doptions().ok_or_else(missing)?;
+            let o = operator
+                .builtin_options_as_conv_2_doptions()
+                .ok_or_else(missing)?;
             Op::Conv2d {
-                stride: [positive(o.stride_h(), "stride")?, positive(o.stride_w(), "stride")?],
-                dilation: [positive(o.dilation_h_factor(), "dilation")?, positive(o.dilation_w_factor(), "dilation")?],
+                stride: [
+                    positive(o.stride_h(), "stride")?,
+                    positive(o.stride_w(), "stride")?,
+                ],
+                dilation: [
+                    positive(o.dilation_h_factor(), "dilation")?,
+                    positive(o.dilation_w_factor(), "dilation")?,
+                ],
                 padding: padding(o.padding())?,
                 activation: activation(o.fused_activation_function())?,
             }
         }
         B::DEPTHWISE_CONV_2D => {
-            let o = operator.builtin_options_as_depthwise_conv_2_doptions().ok_or_else(missing)?;
+            let o = operator
+                .builtin_options_as_depthwise_conv_2_doptions()
+                .ok_or_else(missing)?;
             Op::DepthwiseConv2d {
-                stride: [positive(o.stride_h(), "stride")?, positive(o.stride_w(), "stride")?],
-                dilation: [positive(o.dilation_h_factor(), "dilation")?, positive(o.dilation_w_factor(), "dilation")?],
+                stride: [
+                    positive(o.stride_h(), "stride")?,
+                    positive(o.stride_w(), "stride")?,
+                ],
+                dilation: [
+                    positive(o.dilation_h_factor(), "dilation")?,
+                    positive(o.dilation_w_factor(), "dilation")?,
+                ],
                 padding: padding(o.padding())?,
                 multiplier: positive(o.depth_multiplier(), "depth multiplier")?,
                 activation: activation(o.fused_activation_function())?,
             }
         }
         B::AVERAGE_POOL_2D => {
-            let o = operator.builtin_options_as_pool_2_doptions().ok_or_else(missing)?;
+            let o = operator
+                .builtin_options_as_pool_2_doptions()
+                .ok_or_else(missing)?;
             Op::AveragePool2d {
-                filter: [positive(o.filter_height(), "filter")?, positive(o.filter_width(), "filter")?],
-                stride: [positive(o.stride_h(), "stride")?, positive(o.stride_w(), "stride")?],
+                filter: [
+                    positive(o.filter_height(), "filter")?,
+                    positive(o.filter_width(), "filter")?,
+                ],
+                stride: [
+                    positive(o.stride_h(), "stride")?,
+                    positive(o.stride_w(), "stride")?,
+                ],
                 padding: padding(o.padding())?,
                 activation: activation(o.fused_activation_function())?,
             }
         }
         B::MEAN => Op::Mean {
-            keep_dims: operator.builtin_options_as_reducer_options().is_some_and(|o| o.keep_dims()),
+            keep_dims: operator
+                .builtin_options_as_reducer_options()
+                .is_some_and(|o| o.keep_dims()),
         },
         B::ADD => Op::Add {
             activation: match operator.builtin_options_as_add_options() {
@@ -243,7 +326,10 @@ fn read_op(operator: &fb::Operator, builtin: fb::BuiltinOperator) -> Result<Op> 
         B::RESHAPE => Op::Reshape,
         B::FULLY_CONNECTED => {
             let o = operator.builtin_options_as_fully_connected_options();
-            if o.is_some_and(|o| o.weights_format() != fb::FullyConnectedOptionsWeightsFormat::DEFAULT || o.keep_num_dims()) {
+            if o.is_some_and(|o| {
+                o.weights_format() != fb::FullyConnectedOptionsWeightsFormat::DEFAULT
+                    || o.keep_num_dims()
+            }) {
                 bail!("FULLY_CONNECTED with shuffled weights or kept dimensions is not supported");
             }
             Op::FullyConnected {
@@ -254,7 +340,10 @@ fn read_op(operator: &fb::Operator, builtin: fb::BuiltinOperator) -> Result<Op> 
             }
         }
         B::SOFTMAX => {
-            let beta = operator.builtin_options_as_softmax_options().ok_or_else(missing)?.beta();
+            let beta = operator
+                .builtin_options_as_softmax_options()
+                .ok_or_else(missing)?
+                .beta();
             if !beta.is_finite() {
                 bail!("SOFTMAX with beta {beta}");
             }
@@ -266,7 +355,10 @@ fn read_op(operator: &fb::Operator, builtin: fb::BuiltinOperator) -> Result<Op> 
         B::DEQUANTIZE => Op::Dequantize,
         other => bail!(
             "operator {} is not one flowers runs",
-            other.variant_name().map(str::to_string).unwrap_or_else(|| format!("#{}", other.0))
+            other
+                .variant_name()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("#{}", other.0))
         ),
     })
 }
@@ -288,13 +380,20 @@ fn check_order(model: &Model) -> Result<()> {
         }
         for &output in &operator.outputs {
             if ready[output] {
-                bail!("operator {index} ({}) overwrites tensor {}", operator.op.name(), quote(&model.tensors[output].name));
+                bail!(
+                    "operator {index} ({}) overwrites tensor {}",
+                    operator.op.name(),
+                    quote(&model.tensors[output].name)
+                );
             }
             ready[output] = true;
         }
     }
     if let Some(&output) = model.outputs.iter().find(|&&o| !ready[o]) {
-        bail!("the output {} is never computed", quote(&model.tensors[output].name));
+        bail!(
+            "the output {} is never computed",
+            quote(&model.tensors[output].name)
+        );
     }
     Ok(())
 }
@@ -309,7 +408,11 @@ fn read_metadata(
         if index >= buffers.len() {
             bail!("metadata names buffer {index} of {}", buffers.len());
         }
-        let data = buffers.get(index).data().map(|d| d.bytes().to_vec()).unwrap_or_default();
+        let data = buffers
+            .get(index)
+            .data()
+            .map(|d| d.bytes().to_vec())
+            .unwrap_or_default();
         entries.push((entry.name().unwrap_or_default().to_string(), data));
     }
     Ok(entries)

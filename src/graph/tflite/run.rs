@@ -715,7 +715,7 @@ fn output_shape<'m>(
                 "the weights {w:?} are not a constant matrix"
             );
             ensure!(
-                tensor(0).len() % w[1] == 0,
+                tensor(0).len().is_multiple_of(w[1]),
                 "{:?} inputs do not fill rows of {}",
                 tensor(0).shape,
                 w[1]

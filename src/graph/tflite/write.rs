@@ -80,10 +80,7 @@ fn empty_buffer<'a>(fbb: &mut FlatBufferBuilder<'a>) -> WIPOffset<fb::Buffer<'a>
 
 fn data_buffer<'a>(fbb: &mut FlatBufferBuilder<'a>, bytes: &[u8]) -> WIPOffset<fb::Buffer<'a>> {
     let data = fbb.create_vector(bytes);
-    let args = fb::BufferArgs {
-        data: Some(data),
-        ..Default::default()
-    };
+    let args = fb::BufferArgs { data: Some(data) };
     fb::Buffer::create(fbb, &args)
 }
 
@@ -172,7 +169,6 @@ fn encode_subgraph<'a>(
         outputs: Some(fbb.create_vector(&ids(&model.outputs))),
         operators: Some(fbb.create_vector(operators)),
         name: Some(fbb.create_string("main")),
-        ..Default::default()
     };
     fb::SubGraph::create(fbb, &args)
 }
@@ -253,7 +249,6 @@ fn encode_options(fbb: &mut FlatBufferBuilder<'_>, op: &Op) -> Options {
                 dilation_h_factor: dilation[0] as i32,
                 dilation_w_factor: dilation[1] as i32,
                 fused_activation_function: activation(act),
-                ..Default::default()
             };
             let table = fb::Conv2DOptions::create(fbb, &args);
             (B::Conv2DOptions, Some(table.as_union_value()))
