@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::backbone::{ModelSource, Overrides};
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
+use crate::graph::tflite::quantize::QuantizeOptions;
 use crate::image::Distortions;
 use crate::train::TrainingOptions;
 
@@ -33,6 +34,8 @@ pub struct ExportOptions {
 #[derive(Clone, Debug)]
 pub struct TfliteOptions {
     pub output: PathBuf,
+    /// `--quantize`, `--io`, `--calibration-dir`.
+    pub quantize: QuantizeOptions,
 }
 
 /// `flowers extract`: bottlenecks into the cache, for one shard or all images.

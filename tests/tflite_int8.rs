@@ -238,3 +238,93 @@ fn calibration_needs_a_decodable_image() {
     );
     assert!(!text.contains('\n'), "{text}");
 }
+
+#[test]
+fn quantized_files_from_the_command_line_and_bad_calibration_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = sample_dir();
+    let run = retrain(
+        dir.path(),
+        images.to_str().unwrap(),
+        100,
+        &["--output-tflite", "int8.tflite", "--quantize", "int8"],
+    );
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    assert!(
+        common::stderr(&run).contains("int8: activation ranges from"),
+        "{}",
+        common::stderr(&run)
+    );
+    let photo = common::sample_image("roses");
+    let photo = photo.to_str().unwrap();
+    let label = |graph: &str| {
+        let out = common::flowers(
+            &["label", "--graph", graph, "--top-k", "1", photo],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{graph}: {}", common::stderr(&out));
+        common::stdout(&out)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(label("int8.tflite"), label("retrained_graph.onnx"));
+
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--graph",
+            "retrained_graph.onnx",
+            "--output",
+            "out.tflite",
+        ];
+        args.extend_from_slice(extra);
+        common::flowers(&args, dir.path())
+    };
+    let half = export(&["--quantize", "float16"]);
+    assert!(half.status.success(), "{}", common::stderr(&half));
+    assert!(
+        common::stdout(&half).contains("float16"),
+        "{}",
+        common::stdout(&half)
+    );
+    assert_eq!(label("out.tflite"), label("retrained_graph.onnx"));
+    std::fs::remove_file(dir.path().join("out.tflite")).unwrap();
+
+    let empty = dir.path().join("no photos");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not a photo").unwrap();
+    let empty = empty.to_str().unwrap();
+    for (extra, says) in [
+        (
+            vec!["--quantize", "int8", "--calibration-dir", empty],
+            "none of its 1 files is an image",
+        ),
+        (vec!["--quantize", "int8"], "needs --calibration-dir"),
+        (
+            vec!["--quantize", "int8", "--calibration-dir", "missing"],
+            "not a folder",
+        ),
+        (
+            vec!["--io", "uint8"],
+            "--io applies to --quantize int8 only",
+        ),
+        (vec!["--quantize", "int4"], "int4"),
+    ] {
+        let out = export(&extra);
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !dir.path().join("out.tflite").exists(),
+            "{extra:?} wrote a file"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::backbone::limits;
 use crate::graph::classifier::read_labels;
-use crate::graph::tflite::{export, file};
+use crate::graph::tflite::{export, file, quantize};
 use crate::graph::{digest, GraphMetadata};
 use crate::options::ExportOptions;
 use crate::util::atomic::{check_writable, write_atomically};
@@ -32,12 +32,15 @@ pub fn run_command(options: &ExportOptions, out: &mut dyn Write) -> Result<u8> {
         check_labels(&metadata, &labels, &shown(path), &display)?;
         metadata.labels.get_or_insert(labels);
     }
+    let quantize = &options.tflite.quantize;
+    let model = quantize::apply(model, quantize, &metadata.preprocessing, None)?;
     let bytes = file::encode(&model, &metadata)?;
     write_atomically(output, &bytes)?;
     writeln!(
         out,
-        "{}: TensorFlow Lite, float32, {} operators, {} bytes, written in {:.2}s",
+        "{}: TensorFlow Lite, {}, {} operators, {} bytes, written in {:.2}s",
         shown(output),
+        quantize.describe(),
         model.operators.len(),
         bytes.len(),
         start.elapsed().as_secs_f64()

@@ -17,6 +17,7 @@ use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
 use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
 use crate::graph::tflite;
+use crate::graph::tflite::quantize::TrainingImages;
 use crate::graph::{retrained_graph, write_graph, write_labels, GraphMetadata, RetrainedGraphFile};
 use crate::options::RetrainOptions;
 use crate::problem::Skipped;
@@ -116,7 +117,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         &dataset.labels,
         &options.final_tensor_name,
     )?;
-    let tflite = tflite_bytes(options, &backbone, &graph, &dataset.labels, &output_graph)?;
+    let tflite = tflite_bytes(options, &backbone, &graph, &dataset, &output_graph)?;
     write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
     if let (Some(tflite), Some(bytes)) = (&options.output_tflite, tflite) {
@@ -165,12 +166,13 @@ fn tflite_bytes(
     options: &RetrainOptions,
     backbone: &Backbone,
     graph: &RetrainedGraphFile,
-    labels: &[String],
+    dataset: &Dataset,
     output_graph: &Path,
 ) -> Result<Option<Vec<u8>>> {
-    if options.output_tflite.is_none() {
+    let Some(tflite) = &options.output_tflite else {
         return Ok(None);
-    }
+    };
+    let labels = &dataset.labels;
     let metadata = GraphMetadata {
         labels: Some(labels.to_vec()),
         preprocessing: backbone.preprocessing.clone(),
@@ -179,7 +181,32 @@ fn tflite_bytes(
         output: None,
     };
     let display = shown(output_graph);
-    tflite::export::tflite_file(graph, &metadata, &display).map(Some)
+    // int8 calibrates on the training images: never on the test photos it is judged by.
+    let training = dataset
+        .images
+        .iter()
+        .filter(|image| {
+            let split = split_of(
+                &image.relative,
+                options.validation_percentage,
+                options.testing_percentage,
+            );
+            split == Split::Training
+        })
+        .map(|image| image.path.clone())
+        .collect();
+    let training = TrainingImages {
+        root: &dataset.root,
+        paths: training,
+    };
+    tflite::export::quantized_tflite_file(
+        graph,
+        &metadata,
+        &display,
+        &tflite.quantize,
+        Some(training),
+    )
+    .map(Some)
 }
 
 /// `--output-tflite` needs an ONNX backbone and a path of its own, checked before any work.

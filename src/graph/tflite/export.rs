@@ -6,6 +6,7 @@ use tract_onnx::pb::ModelProto;
 use super::convert;
 use super::file;
 use super::ir::Model;
+use super::quantize::{self, QuantizeOptions, TrainingImages};
 use crate::backbone::onnx::decode_model;
 use crate::backbone::tensorflow;
 use crate::graph::export::RetrainedGraphFile;
@@ -39,11 +40,23 @@ pub fn from_onnx(proto: &ModelProto, metadata: &GraphMetadata, display: &str) ->
     convert::from_onnx(proto, p.height as usize, p.width as usize, display)
 }
 
-/// The `.tflite` file of a retrained graph just trained, with its labels and preprocessing.
+/// The float `.tflite` file of a retrained graph just trained, with its labels and
+/// preprocessing.
 pub fn tflite_file(
     graph: &RetrainedGraphFile,
     metadata: &GraphMetadata,
     display: &str,
+) -> Result<Vec<u8>> {
+    quantized_tflite_file(graph, metadata, display, &QuantizeOptions::default(), None)
+}
+
+/// [`tflite_file`] quantized as `quantize` says (int8 calibrating on `training`).
+pub fn quantized_tflite_file(
+    graph: &RetrainedGraphFile,
+    metadata: &GraphMetadata,
+    display: &str,
+    quantize: &QuantizeOptions,
+    training: Option<TrainingImages<'_>>,
 ) -> Result<Vec<u8>> {
     let model = match graph {
         RetrainedGraphFile::Onnx(proto) => from_onnx(proto, metadata, display)?,
@@ -51,5 +64,6 @@ pub fn tflite_file(
             "--output-tflite: the TensorFlow Lite export reads flowers' ONNX graphs, and this backbone is a TensorFlow graph; retrain with an ONNX backbone"
         ),
     };
+    let model = quantize::apply(model, quantize, &metadata.preprocessing, training)?;
     file::encode(&model, metadata).map_err(|e| anyhow!("{display}: {e}"))
 }

@@ -111,6 +111,7 @@ pub fn measure(
     let interpreter = Interpreter::new(model.clone())?;
     let mut ranges = Ranges::new(model.tensors.len());
     let mut used = 0;
+    let mut skipped: Vec<String> = Vec::new();
     // In chunks of what is still missing, so undecodable files are replaced by the next
     // candidates and the work stays parallel.
     let mut rest = candidates;
@@ -118,10 +119,13 @@ pub fn measure(
         let take = (count - used).min(rest.len());
         let (chunk, tail) = rest.split_at(take);
         rest = tail;
-        let measured: Vec<Ranges> = chunk
-            .par_iter()
-            .filter_map(|path| input_of(path, &nhwc))
-            .map(|input| activations(&interpreter, &input))
+        let inputs: Vec<Result<Vec<f32>, String>> =
+            chunk.par_iter().map(|path| input_of(path, &nhwc)).collect();
+        let (inputs, failed): (Vec<_>, Vec<_>) = inputs.into_iter().partition(Result::is_ok);
+        skipped.extend(failed.into_iter().filter_map(Result::err));
+        let measured: Vec<Ranges> = inputs
+            .into_par_iter()
+            .map(|input| activations(&interpreter, &input.expect("partitioned")))
             .collect::<Result<_>>()?;
         used += measured.len();
         ranges = measured.into_iter().fold(ranges, Ranges::merge);
@@ -130,6 +134,12 @@ pub fn measure(
         bail!(
             "{source}: none of its {} files is an image flowers can decode: give a folder of photos like those the model will see",
             candidates.len()
+        );
+    }
+    if let Some(first) = skipped.first() {
+        crate::warn!(
+            "calibration skipped {} files of {source} it cannot decode ({first})",
+            skipped.len()
         );
     }
     Ok((ranges, used))
@@ -147,27 +157,17 @@ pub fn measure_inputs(model: &Model, inputs: &[Vec<f32>]) -> Result<Ranges> {
         .fold(Ranges::new(model.tensors.len()), Ranges::merge))
 }
 
-/// The input tensor of one image, or None (with a warning) if it cannot be read.
-fn input_of(path: &Path, preprocessing: &Preprocessing) -> Option<Vec<f32>> {
-    let tensor = read_regular(path, MAX_DECODE_BYTES)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            preprocessing
-                .tensor_from_bytes(&bytes)
-                .map_err(|p| p.to_string())
-        });
-    match tensor {
-        Ok(tensor) => tensor
-            .try_as_plain_ram()
-            .ok()?
-            .as_slice::<f32>()
-            .ok()
-            .map(<[f32]>::to_vec),
-        Err(why) => {
-            crate::warn!("calibration skips {}: {why}", shown(path));
-            None
-        }
-    }
+/// The input tensor of one image, or why it cannot be had (naming the file).
+fn input_of(path: &Path, preprocessing: &Preprocessing) -> Result<Vec<f32>, String> {
+    let why = |e: &dyn std::fmt::Display| format!("{}: {e}", shown(path));
+    let bytes = read_regular(path, MAX_DECODE_BYTES).map_err(|e| why(&e))?;
+    let tensor = preprocessing
+        .tensor_from_bytes(&bytes)
+        .map_err(|p| why(&p))?;
+    let values = tensor
+        .try_as_plain_ram()
+        .and_then(|t| t.as_slice::<f32>().map(<[f32]>::to_vec));
+    values.map_err(|e| why(&e))
 }
 
 /// Runs the float model on one input, recording every float activation's range.

@@ -18,6 +18,13 @@ pub mod interpret;
 pub mod kernels;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use super::ir::Model;
+use crate::image::Preprocessing;
+use crate::util::messages::shown;
 
 /// `--quantize`: how the exported weights and activations are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,5 +73,82 @@ impl Io {
             "uint8" => Ok(Io::Uint8),
             _ => Err(format!("unknown --io {text:?} (expected float or uint8)")),
         }
+    }
+}
+
+/// `--quantize`, `--io` and `--calibration-dir`, as `export` and `retrain` take them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuantizeOptions {
+    /// None: float32 weights and activations.
+    pub precision: Option<Precision>,
+    pub io: Io,
+    pub calibration_dir: Option<PathBuf>,
+}
+
+impl QuantizeOptions {
+    /// The file's precision in words, for the line `export` prints.
+    pub fn describe(&self) -> String {
+        match (self.precision, self.io) {
+            (None, _) => "float32".into(),
+            (Some(Precision::Int8), Io::Uint8) => "int8 (uint8 input and output)".into(),
+            (Some(precision), _) => precision.to_string(),
+        }
+    }
+}
+
+/// Images of a dataset that int8 may calibrate on when no `--calibration-dir` is given
+/// (`retrain`'s training images): the folder and the files.
+pub struct TrainingImages<'a> {
+    pub root: &'a Path,
+    pub paths: Vec<PathBuf>,
+}
+
+/// `float` as `how` asks: unchanged, with float16 weights, or int8 with activation
+/// ranges from the calibration images run through `preprocessing` (the graph's).
+pub fn apply(
+    float: Model,
+    how: &QuantizeOptions,
+    preprocessing: &Preprocessing,
+    training: Option<TrainingImages<'_>>,
+) -> Result<Model> {
+    match how.precision {
+        None => Ok(float),
+        Some(Precision::Float16) => Ok(float16::quantize(&float)),
+        Some(Precision::Int8) => {
+            let (source, candidates) = calibration_images(how, training)?;
+            let count = calibration::DEFAULT_COUNT;
+            let (ranges, used) =
+                calibration::measure(&float, preprocessing, &candidates, count, &source)?;
+            crate::info!("int8: activation ranges from {used} images of {source}");
+            if used < count {
+                crate::warn!(
+                    "int8 calibrated on {used} images of {source}, fewer than {count}: the ranges may miss what other photos reach"
+                );
+            }
+            int8::quantize(&float, &ranges, how.io)
+        }
+    }
+}
+
+/// Where int8 calibrates: `--calibration-dir`, else the training images, else an error
+/// saying what to give (a graph does not record where its training photos were).
+fn calibration_images(
+    how: &QuantizeOptions,
+    training: Option<TrainingImages<'_>>,
+) -> Result<(String, Vec<PathBuf>)> {
+    if let Some(dir) = &how.calibration_dir {
+        if !dir.is_dir() {
+            bail!("--calibration-dir {}: not a folder: give a folder of photos like those the model will classify", shown(dir));
+        }
+        return Ok((
+            format!("--calibration-dir {}", shown(dir)),
+            calibration::candidates_in(dir),
+        ));
+    }
+    match training {
+        Some(images) => Ok(("the training images".into(), calibration::in_calibration_order(images.root, images.paths))),
+        None => bail!(
+            "--quantize int8 needs --calibration-dir DIR, a folder of photos like those the model will classify (the training folder will do): a graph does not record where its training photos were"
+        ),
     }
 }
