@@ -1,123 +1,23 @@
-//! Development driver for the quantizer, before `flowers export --quantize` existed:
-//! writes the float, int8 and float16 `.tflite` of a flowers ONNX graph, and labels images
-//! with one, printing JSON lines of scores (what bench/tflite_oracle.py compares to).
+//! Makes the test fixtures of tests/tflite_int8.rs (see make_int8_fixtures.py there): a
+//! small model with every operator flowers quantizes, deterministic weights, calibrated
+//! on deterministic inputs, written as int8 (float and uint8 ends), float16 and float32.
+//! (`flowers export --quantize` does the same for retrained graphs.)
 //!
-//!     cargo run --release --example tflite_quantized -- export GRAPH.onnx OUT_PREFIX CALIBRATION_DIR [uint8]
-//!     cargo run --release --example tflite_quantized -- label MODEL.tflite IMAGE...
-//!     cargo run --release --example tflite_quantized -- tiny OUT_PREFIX
-//!
-//! `tiny` writes the test fixture tests/fixtures/tflite/int8_tiny*.tflite (see
-//! make_int8_fixtures.py there): a small model with every operator flowers quantizes,
-//! deterministic weights, calibrated on deterministic inputs, as int8 with float and
-//! with uint8 input and output.
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+//!     cargo run --release --example tflite_quantized -- tests/fixtures/tflite/tiny_
+use anyhow::Result;
 
-use anyhow::{anyhow, Result};
-
-use flowers::backbone::onnx::decode_model;
 use flowers::graph::tflite::ir::{Activation, Data, Model, Op, Operator, Padding};
-use flowers::graph::tflite::quantize::{calibration, float16, int8, interpret, Io};
-use flowers::graph::tflite::{convert, file, run, write};
-use flowers::graph::GraphMetadata;
-use flowers::image::Layout;
+use flowers::graph::tflite::quantize::{calibration, float16, int8, Io};
+use flowers::graph::tflite::write;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("export") => export(&args[1..]),
-        Some("label") => label(&args[1..]),
-        Some("tiny") => tiny(&args[1..]),
-        _ => anyhow::bail!("usage: tflite_quantized export|label ..."),
-    }
-}
-
-fn export(args: &[String]) -> Result<()> {
-    let [graph, prefix, calibration_dir, rest @ ..] = args else {
-        anyhow::bail!("export GRAPH OUT_PREFIX CALIBRATION_DIR [uint8]");
-    };
-    let io = if rest.first().map(String::as_str) == Some("uint8") {
-        Io::Uint8
-    } else {
-        Io::Float
-    };
-    let proto = decode_model(std::fs::read(graph)?, graph)?;
-    let entries = proto
-        .metadata_props
-        .iter()
-        .map(|p| (p.key.as_str(), p.value.as_str()));
-    let metadata = GraphMetadata::from_entries(entries)?;
-    let p = &metadata.preprocessing;
-    let start = Instant::now();
-    let float = convert::from_onnx(&proto, p.height as usize, p.width as usize, graph)?;
-    std::fs::write(
-        format!("{prefix}.float.tflite"),
-        file::encode(&float, &metadata)?,
-    )?;
-    eprintln!("float: {:.2} s", start.elapsed().as_secs_f64());
-    let start = Instant::now();
-    let candidates = calibration::candidates_in(Path::new(calibration_dir));
-    let (ranges, used) = calibration::measure(
-        &float,
-        p,
-        &candidates,
-        calibration::DEFAULT_COUNT,
-        calibration_dir,
-    )?;
-    let quantized = int8::quantize(&float, &ranges, io)?;
-    std::fs::write(
-        format!("{prefix}.int8.tflite"),
-        file::encode(&quantized, &metadata)?,
-    )?;
-    eprintln!(
-        "int8: {:.2} s ({used} calibration images)",
-        start.elapsed().as_secs_f64()
-    );
-    let start = Instant::now();
-    let half = float16::quantize(&float);
-    std::fs::write(
-        format!("{prefix}.float16.tflite"),
-        file::encode(&half, &metadata)?,
-    )?;
-    eprintln!("float16: {:.2} s", start.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn label(args: &[String]) -> Result<()> {
-    let [model, images @ ..] = args else {
-        anyhow::bail!("label MODEL IMAGE...");
-    };
-    let bytes = std::fs::read(model)?;
-    let decoded = file::decode(&bytes, model)?;
-    let mut preprocessing = decoded.metadata.preprocessing.clone();
-    preprocessing.layout = Layout::Nhwc;
-    let model = float16::dequantize_constants(decoded.model)?;
-    let quantized = interpret::is_quantized(&model);
-    let float = if quantized {
-        None
-    } else {
-        Some(run::Interpreter::new(model.clone())?)
-    };
-    for image in images {
-        let tensor = preprocessing
-            .tensor_from_bytes(&std::fs::read(PathBuf::from(image))?)
-            .map_err(|p| anyhow!("{image}: {p}"))?;
-        let input = tensor.try_as_plain_ram()?.as_slice::<f32>()?;
-        let scores = match &float {
-            Some(interpreter) => interpreter.run(input)?,
-            None => interpret::run(&model, input)?,
-        };
-        println!(
-            "{}",
-            serde_json::json!({ "image": image, "scores": scores })
-        );
-    }
-    Ok(())
+    tiny(&args)
 }
 
 /// A deterministic value in [-1, 1) for index `i` of stream `k`: exact in f32, and the
 /// same formula in make_int8_fixtures.py.
-pub fn wave(i: usize, k: usize) -> f32 {
+fn wave(i: usize, k: usize) -> f32 {
     ((i * 37 + k * 101) % 256) as f32 / 128.0 - 1.0
 }
 
@@ -235,13 +135,13 @@ fn tiny_model() -> Model {
 }
 
 /// The inputs of the tiny model: calibration uses streams 0..16, the fixture 100..108.
-pub fn tiny_input(k: usize) -> Vec<f32> {
+fn tiny_input(k: usize) -> Vec<f32> {
     (0..8 * 8 * 3).map(|i| wave(i, k) * 2.5).collect()
 }
 
 fn tiny(args: &[String]) -> Result<()> {
     let [prefix] = args else {
-        anyhow::bail!("tiny OUT_PREFIX");
+        anyhow::bail!("usage: tflite_quantized OUT_PREFIX");
     };
     let float = tiny_model();
     let inputs: Vec<Vec<f32>> = (0..16).map(tiny_input).collect();
