@@ -48,7 +48,7 @@ pub fn quantize(float: &Model, ranges: &Ranges, io: Io) -> Result<Model> {
 /// TF's activation parameters for a calibrated `[min, max]`.
 pub fn activation_quantization(min: f32, max: f32) -> Quantization {
     let (low, high) = (f64::from(min.min(0.0)), f64::from(max.max(0.0)));
-    let (scale, zero) = if high - low < f64::EPSILON {
+    let (scale, zero) = if (high - low).abs() < f64::EPSILON {
         (1.0, QMIN)
     } else {
         let scale = (high - low) / (QMAX - QMIN);
