@@ -360,3 +360,92 @@ fn malformed_flatbuffers_are_refused_not_run() {
     }
     assert!(!decoded_model.operators.is_empty());
 }
+
+/// retrain.py's TensorFlow MobileNet (the genuine archive, and its quantized member):
+/// the `.pb` graph and its `.tflite` file label the sample alike.
+#[test]
+fn tensorflow_graphs_export_too() {
+    for architecture in ["mobilenet_0.25_224", "mobilenet_0.25_224_quantized"] {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        fs::create_dir(&models).unwrap();
+        let archive = "mobilenet_v1_0.25_224_frozen.tgz";
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tf")
+            .join(archive);
+        fs::copy(source, models.join(archive)).unwrap();
+        let image_dir = sample_dir().display().to_string();
+        let output = retrain(
+            dir.path(),
+            &image_dir,
+            60,
+            &[
+                "--architecture",
+                architecture,
+                "--model-dir",
+                "models",
+                "--output-graph",
+                "g.pb",
+                "--output-labels",
+                "l.txt",
+                "--output-tflite",
+                "t.tflite",
+            ],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        let (pb, lite) = (
+            load(&dir.path().join("g.pb")),
+            load(&dir.path().join("t.tflite")),
+        );
+        assert_eq!(lite.preprocessing, pb.preprocessing);
+        let mut worst = 0.0f32;
+        for photo in sample_photos() {
+            let bytes = fs::read(&photo).unwrap();
+            let (a, b) = (
+                pb.probabilities(&bytes).unwrap(),
+                lite.probabilities(&bytes).unwrap(),
+            );
+            assert_eq!(
+                pb.top_k(&a, 1)[0].class,
+                lite.top_k(&b, 1)[0].class,
+                "{}",
+                photo.display()
+            );
+            for (x, y) in a.iter().zip(&b) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        eprintln!("{architecture}: .pb vs .tflite, largest score difference: {worst:e}");
+        assert!(
+            worst < 1e-4,
+            "{architecture}: largest score difference {worst}"
+        );
+        let ops = read::decode(&fs::read(dir.path().join("t.tflite")).unwrap(), "t")
+            .unwrap()
+            .model
+            .operators;
+        let names: Vec<&str> = ops.iter().map(|o| o.op.name()).collect();
+        assert!(
+            !names.contains(&"MUL") && !names.contains(&"ADD"),
+            "batch norms folded: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn graphs_without_flowers_metadata_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/retrained_graph.pb");
+    let output = flowers(
+        &[
+            "export",
+            "--graph",
+            graph.to_str().unwrap(),
+            "--output",
+            "x.tflite",
+        ],
+        dir.path(),
+    );
+    assert_refused(&output, "has no flowers metadata");
+    assert!(!dir.path().join("x.tflite").exists());
+}

@@ -62,7 +62,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         check_graph_output(&output_graph, &options.output_labels)?;
     }
     check_final_tensor_name(&backbone, &options.final_tensor_name)?;
-    check_tflite_output(options, &backbone, &output_graph)?;
+    check_tflite_output(options, &output_graph)?;
     let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
     let scope = Scope {
         shard: None,
@@ -177,8 +177,8 @@ fn tflite_bytes(
         labels: Some(labels.to_vec()),
         preprocessing: backbone.preprocessing.clone(),
         backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
-        input: None,
-        output: None,
+        input: Some(backbone.input_name.clone()),
+        output: Some(options.final_tensor_name.clone()),
     };
     let display = shown(output_graph);
     // int8 calibrates on the training images: never on the test photos it is judged by.
@@ -209,14 +209,11 @@ fn tflite_bytes(
     .map(Some)
 }
 
-/// `--output-tflite` needs an ONNX backbone and a path of its own, checked before any work.
-fn check_tflite_output(options: &RetrainOptions, backbone: &Backbone, graph: &Path) -> Result<()> {
+/// `--output-tflite` needs a path of its own, checked before any work.
+fn check_tflite_output(options: &RetrainOptions, graph: &Path) -> Result<()> {
     let Some(tflite) = &options.output_tflite else {
         return Ok(());
     };
-    if backbone.format() != ModelFormat::Onnx {
-        bail!("--output-tflite: the TensorFlow Lite export reads ONNX graphs, and {} is a TensorFlow graph; use an ONNX backbone", backbone.name);
-    }
     for (other, flag) in [
         (graph, "--output-graph"),
         (options.output_labels.as_path(), "--output-labels"),

@@ -3,10 +3,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use tract_onnx::pb::ModelProto;
 
-use super::convert;
 use super::file;
 use super::ir::Model;
 use super::quantize::{self, QuantizeOptions, TrainingImages};
+use super::{convert, convert_tf};
 use crate::backbone::onnx::decode_model;
 use crate::backbone::tensorflow;
 use crate::graph::export::RetrainedGraphFile;
@@ -17,7 +17,15 @@ use crate::image::Layout;
 /// against its digest), shown as `display` in errors.
 pub fn from_graph_bytes(bytes: Vec<u8>, display: &str) -> Result<(Model, GraphMetadata)> {
     if tensorflow::looks_like_graph_def(&bytes) {
-        bail!("{display} is a TensorFlow graph: the TensorFlow Lite export reads flowers' ONNX graphs; retrain with an ONNX backbone (the default, or --architecture mobilenetv2-12, ...)");
+        let graph = tensorflow::decode_graph(bytes, display)?;
+        let entries = graph.metadata().ok_or_else(|| {
+            anyhow!("{display} has no flowers metadata (was it written by `flowers retrain`?)")
+        })?;
+        let metadata =
+            GraphMetadata::from_entries(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .with_context(|| format!("{display} has damaged flowers metadata"))?;
+        let model = from_tensorflow(&graph, &metadata, display)?;
+        return Ok((model, metadata));
     }
     let proto = decode_model(bytes, display)?;
     let entries = proto.metadata_props.iter();
@@ -40,6 +48,20 @@ pub fn from_onnx(proto: &ModelProto, metadata: &GraphMetadata, display: &str) ->
     convert::from_onnx(proto, p.height as usize, p.width as usize, display)
 }
 
+/// The TFLite model of a TensorFlow retrained graph described by `metadata` (fed at its
+/// `flowers.input`, `input` by default, output `flowers.output`, `final_result` by default).
+pub fn from_tensorflow(
+    graph: &tensorflow::GraphDef,
+    metadata: &GraphMetadata,
+    display: &str,
+) -> Result<Model> {
+    let input = metadata.input.as_deref().unwrap_or("input");
+    let output = metadata.output.as_deref().unwrap_or("final_result");
+    let p = &metadata.preprocessing;
+    let size = [p.height as usize, p.width as usize];
+    convert_tf::from_tensorflow(graph, input, output, size, display)
+}
+
 /// The float `.tflite` file of a retrained graph just trained, with its labels and
 /// preprocessing.
 pub fn tflite_file(
@@ -60,9 +82,7 @@ pub fn quantized_tflite_file(
 ) -> Result<Vec<u8>> {
     let model = match graph {
         RetrainedGraphFile::Onnx(proto) => from_onnx(proto, metadata, display)?,
-        RetrainedGraphFile::TensorFlow(_) => bail!(
-            "--output-tflite: the TensorFlow Lite export reads flowers' ONNX graphs, and this backbone is a TensorFlow graph; retrain with an ONNX backbone"
-        ),
+        RetrainedGraphFile::TensorFlow(graph) => from_tensorflow(graph, metadata, display)?,
     };
     let model = quantize::apply(model, quantize, &metadata.preprocessing, training)?;
     file::encode(&model, metadata).map_err(|e| anyhow!("{display}: {e}"))

@@ -3,11 +3,12 @@
 //! running such a file.
 //!
 //! [`ir`] is flowers' picture of a TFLite model; [`convert`] builds it from a retrained
-//! ONNX graph, [`write`] encodes it with the official schema ([`generated`]),
+//! ONNX graph ([`convert_tf`] from a TensorFlow one), [`write`] encodes it with the official schema ([`generated`]),
 //! [`model_metadata`] writes and reads the `TFLITE_METADATA` buffer and the packed labels
 //! file, [`read`] decodes and checks a file, and [`run`] computes it.
 
 pub mod convert;
+pub mod convert_tf;
 pub mod export;
 pub mod file;
 pub mod generated;
