@@ -7,26 +7,27 @@
 #     the ONNX graph: top-1 agreement and the largest score difference;
 #   - `flowers label` on the .tflite with tf.lite.Interpreter: the same.
 #
-#   bench/tflite_check.sh NAME DIR WORK [retrain flags, e.g. --model FILE]
+#   [GRAPH_EXT=pb] bench/tflite_check.sh NAME DIR WORK [retrain flags, e.g. --model FILE]
 # Needs: cargo build --release --examples; python3 with tensorflow.
 set -euo pipefail
 name=$1 dir=$2 work=$3
+ext=${GRAPH_EXT:-onnx}  # pb for TensorFlow backbones
 shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
 flowers=$root/target/release/flowers
 mkdir -p "$work"
 cd "$work"
 "$flowers" --quiet retrain --image-dir "$dir" --bottleneck-dir cache "$@" \
-  --output-graph "$name.onnx" --output-labels "$name.txt" --output-tflite "$name.tflite" > "$name.retrain.txt"
+  --output-graph "$name.$ext" --output-labels "$name.txt" --output-tflite "$name.tflite" > "$name.retrain.txt"
 start=$(date +%s.%N)
-"$flowers" export --graph "$name.onnx" --output "$name.export.tflite" > /dev/null
+"$flowers" export --graph "$name.$ext" --output "$name.export.tflite" > /dev/null
 end=$(date +%s.%N)
 cmp "$name.tflite" "$name.export.tflite"
 python3 "$root/bench/tflite_oracle.py" sample "$dir" > sample.txt
 mapfile -t photos < sample.txt
-"$root/target/release/examples/input_tensors" "$name.onnx" "$name.in.f32" "${photos[@]}"
+"$root/target/release/examples/input_tensors" "$name.$ext" "$name.in.f32" "${photos[@]}"
 python3 "$root/bench/tflite_oracle.py" run "$name.tflite" --tensors "$name.in.f32" > "$name.tf.json" 2> /dev/null
-"$flowers" label --graph "$name.onnx" --json --top-k 1000 "${photos[@]}" > "$name.onnx.jsonl"
+"$flowers" label --graph "$name.$ext" --json --top-k 1000 "${photos[@]}" > "$name.graph.jsonl"
 "$flowers" label --graph "$name.tflite" --json --top-k 1000 "${photos[@]}" > "$name.lite.jsonl"
 python3 - "$name" "$(echo "$end - $start" | bc)" <<'PY'
 import json, os, sys
@@ -40,7 +41,7 @@ def flowers(path):
         scores = {p["label"]: p["score"] for p in row["predictions"]}
         rows[row["image"]] = [scores[l] for l in labels]
     return rows
-onnx, lite = flowers(f"{name}.onnx.jsonl"), flowers(f"{name}.lite.jsonl")
+onnx, lite = flowers(f"{name}.graph.jsonl"), flowers(f"{name}.lite.jsonl")
 def compare(a, b):
     same = sum(max(range(len(labels)), key=a[i].__getitem__) == max(range(len(labels)), key=b[i].__getitem__) for i in a)
     diff = max(abs(x - y) for i in a for x, y in zip(a[i], b[i]))
@@ -49,9 +50,9 @@ oracle = {r["image"]: r["scores"] for r in tf["results"]}
 print(json.dumps({
     "backbone": name,
     "photos": len(oracle),
-    "tf_vs_onnx_graph": dict(zip(["same_top1", "of", "max_abs_diff"], compare(oracle, {i: onnx[i] for i in oracle}))),
+    "tf_vs_graph": dict(zip(["same_top1", "of", "max_abs_diff"], compare(oracle, {i: onnx[i] for i in oracle}))),
     "flowers_tflite_vs_tf": dict(zip(["same_top1", "of", "max_abs_diff"], compare({i: lite[i] for i in oracle}, oracle))),
-    "onnx_bytes": os.path.getsize(f"{name}.onnx"),
+    "graph_bytes": os.path.getsize(f"{name}.{os.environ.get('GRAPH_EXT', 'onnx')}"),
     "tflite_bytes": os.path.getsize(f"{name}.tflite"),
     "export_seconds": round(export_seconds, 2),
 }))

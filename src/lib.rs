@@ -10,7 +10,7 @@
 //! | backbone | [`backbone`] | the frozen CNN: registry, ONNX loading, tract plan, flowers' own ops |
 //! | bottlenecks | [`bottleneck`] | images -> bottleneck vectors, cached on disk, in a mapped matrix |
 //! | training | [`train`] | bottlenecks -> the new final layer (hand-written SGD) |
-//! | graph | [`graph`] | backbone + final layer -> the retrained graph, its metadata, loading it back |
+//! | graph | [`graph`] | backbone + final layer -> the retrained graph, its metadata, loading it back; its TensorFlow Lite file |
 //! | reports | [`report`] | metrics, text and JSON output, pictures, TensorBoard |
 //! | pipelines | [`options`], [`pipeline`] | `retrain`, `label`, `evaluate` |
 //! | command line | [`cli`] | clap, turned once into [`options`] |

@@ -1,6 +1,6 @@
 //! The retrained graph: writing it ([`export`]), what it says about itself
-//! ([`metadata`]), its digest of itself ([`digest`]), and loading it to classify images
-//! ([`classifier`]).
+//! ([`metadata`]), its digest of itself ([`digest`]), loading it to classify images
+//! ([`classifier`]), and the same graph as a TensorFlow Lite file ([`tflite`]).
 
 pub mod classifier;
 pub mod digest;

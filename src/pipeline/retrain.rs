@@ -120,15 +120,15 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let tflite = tflite_bytes(options, &backbone, &graph, &dataset, &output_graph)?;
     write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
-    if let (Some(tflite), Some(bytes)) = (&options.output_tflite, tflite) {
-        write_atomically(&tflite.output, &bytes)?;
-        crate::info!("Wrote {}", shown(&tflite.output));
-    }
     crate::info!(
         "Wrote {} and {}",
         shown(&output_graph),
         shown(&options.output_labels)
     );
+    if let (Some(tflite), Some(bytes)) = (&options.output_tflite, tflite) {
+        write_atomically(&tflite.output, &bytes)?;
+        crate::info!("Wrote {}", shown(&tflite.output));
+    }
     let pictures = log.finish(test_report.as_ref())?;
     let skipped = dataset
         .skipped
