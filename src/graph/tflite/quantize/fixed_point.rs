@@ -13,7 +13,8 @@ pub struct Multiplier {
 impl Multiplier {
     /// `QuantizeMultiplier`: `frexp`, the significand rounded (half away from zero) to 31
     /// bits; a significand that rounds up to 2^31 is halved, a multiplier too small for
-    /// 31 bits of shift becomes zero.
+    /// 31 bits of shift becomes zero, and one of 2^30 or more saturates (a damaged file's
+    /// scales must not make the shift overflow).
     pub fn new(real: f64) -> Multiplier {
         if real <= 0.0 || !real.is_finite() {
             return Multiplier {

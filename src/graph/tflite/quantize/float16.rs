@@ -67,8 +67,3 @@ pub fn dequantize_constants(mut model: Model) -> Result<Model> {
     model.operators = operators;
     Ok(model)
 }
-
-/// Whether `model` stores float16 weights.
-pub fn has_float16_weights(model: &Model) -> bool {
-    model.tensors.iter().any(|t| t.element == ElementType::F16)
-}
