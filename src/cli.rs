@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::backbone::{Fetch, ModelSource, Overrides};
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
+use crate::graph::tflite::quantize::{Io, Precision, QuantizeOptions};
 use crate::image::{parse_channels, Distortions, ResizeRule};
 use crate::options::{self, EvaluateOptions, LabelOptions, RetrainOptions};
 use crate::train::TrainingOptions;
@@ -55,6 +56,83 @@ pub enum Command {
     /// Compute bottlenecks into the cache and nothing else: one shard of a cluster job
     /// (docs/cluster.md), or all of them.
     Extract(Box<ExtractArgs>),
+    /// Write a retrained graph in another format: a TensorFlow Lite file for phones, with
+    /// its labels and input normalisation inside as TFLite metadata.
+    Export(ExportArgs),
+}
+
+/// The formats `flowers export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// TensorFlow Lite flatbuffer (`.tflite`).
+    Tflite,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The retrained ONNX graph flowers wrote [default: retrained_graph.onnx].
+    #[arg(long, value_name = "FILE")]
+    pub graph: Option<PathBuf>,
+
+    /// Labels file; must agree with the graph's own labels [default: the graph's labels].
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+
+    /// The format to write.
+    #[arg(long, value_enum, default_value = "tflite")]
+    pub format: ExportFormat,
+
+    /// The file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
+
+    /// Photos to calibrate `--quantize int8` on (any folder of photos like those the
+    /// model will classify; the first 100 in a fixed hash order that decode).
+    #[arg(long, value_name = "DIR")]
+    pub calibration_dir: Option<PathBuf>,
+}
+
+/// TensorFlow Lite quantization, for `export` and `retrain --output-tflite`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Quantize the TensorFlow Lite file: int8 (full-integer post-training quantization,
+    /// about a quarter of the size) or float16 (weights only, half the size).
+    #[arg(long, value_name = "TYPE", value_parser = precision)]
+    pub quantize: Option<Precision>,
+
+    /// With --quantize int8: the input and output tensors' type, float (QUANTIZE and
+    /// DEQUANTIZE inside the file) or uint8 (as Model Maker's quantized files).
+    #[arg(long, value_name = "TYPE", value_parser = io_type)]
+    pub io: Option<Io>,
+}
+
+impl QuantizeArgs {
+    /// The options, refusing combinations that mean nothing.
+    fn into_options(self, calibration_dir: Option<PathBuf>) -> Result<QuantizeOptions, String> {
+        let int8 = self.quantize == Some(Precision::Int8);
+        if self.io.is_some() && !int8 {
+            return Err("--io applies to --quantize int8 only".into());
+        }
+        if calibration_dir.is_some() && !int8 {
+            return Err("--calibration-dir applies to --quantize int8 only".into());
+        }
+        Ok(QuantizeOptions {
+            precision: self.quantize,
+            io: self.io.unwrap_or_default(),
+            calibration_dir,
+        })
+    }
+}
+
+fn precision(text: &str) -> Result<Precision, String> {
+    Precision::parse(text)
+}
+
+fn io_type(text: &str) -> Result<Io, String> {
+    Io::parse(text)
 }
 
 #[derive(Args, Debug)]
@@ -327,6 +405,15 @@ pub struct RetrainArgs {
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub assert_accuracy_at_least: Option<f64>,
 
+    /// Also write the retrained graph as a TensorFlow Lite file (float32, labels and
+    /// normalisation inside as TFLite metadata), as `flowers export` does.
+    #[arg(long, value_name = "FILE")]
+    pub output_tflite: Option<PathBuf>,
+
+    /// With --output-tflite: quantize it (int8 calibrates on the training images).
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
+
     /// Compute no bottleneck: fail (exit 2, saying how many) if any image is not in the
     /// cache yet. For the last step of a cluster run, after every `flowers extract` shard.
     #[arg(long)]
@@ -597,6 +684,20 @@ impl Cli {
             Command::Extract(args) => Request::Run(options::Command::Extract(Box::new(
                 args.into_options(quiet)?,
             ))),
+            Command::Export(args) => match args.format {
+                ExportFormat::Tflite => {
+                    Request::Run(options::Command::Export(options::ExportOptions {
+                        graph: args
+                            .graph
+                            .unwrap_or_else(|| PathBuf::from("retrained_graph.onnx")),
+                        labels: args.labels,
+                        tflite: options::TfliteOptions {
+                            output: args.output,
+                            quantize: args.quantize.into_options(args.calibration_dir)?,
+                        },
+                    }))
+                }
+            },
             Command::Architectures(args) => Request::Run(options::Command::Architectures(
                 options::ArchitecturesOptions {
                     model_dir: args.model_dir.unwrap_or_else(default_model_dir),
@@ -664,6 +765,10 @@ impl EvaluateArgs {
 
 impl RetrainArgs {
     fn into_options(self, quiet: bool) -> Result<RetrainOptions, String> {
+        if self.quantize.quantize.is_some() && self.output_tflite.is_none() {
+            return Err("--quantize applies to --output-tflite: give the file to write".into());
+        }
+        let quantize = self.quantize.into_options(None)?;
         self.not_supported.check()?;
         if let Some(name) = &self.backbone.architecture {
             crate::backbone::registry::find(name).map_err(|e| e.to_string())?;
@@ -728,6 +833,9 @@ impl RetrainArgs {
             report_dir: self.report_dir,
             json: self.json,
             assert_accuracy_at_least: self.assert_accuracy_at_least,
+            output_tflite: self
+                .output_tflite
+                .map(|output| options::TfliteOptions { output, quantize }),
         })
     }
 }

@@ -10,7 +10,7 @@
 //! | backbone | [`backbone`] | the frozen CNN: registry, ONNX loading, tract plan, flowers' own ops |
 //! | bottlenecks | [`bottleneck`] | images -> bottleneck vectors, cached on disk, in a mapped matrix |
 //! | training | [`train`] | bottlenecks -> the new final layer (hand-written SGD) |
-//! | graph | [`graph`] | backbone + final layer -> the retrained graph, its metadata, loading it back |
+//! | graph | [`graph`] | backbone + final layer -> the retrained graph, its metadata, loading it back; its TensorFlow Lite file |
 //! | reports | [`report`] | metrics, text and JSON output, pictures, TensorBoard |
 //! | pipelines | [`options`], [`pipeline`] | `retrain`, `label`, `evaluate` |
 //! | command line | [`cli`] | clap, turned once into [`options`] |
@@ -52,6 +52,7 @@ pub fn run(command: options::Command, out: &mut dyn Write) -> anyhow::Result<u8>
         options::Command::Label(options) => pipeline::label::run_command(&options, out),
         options::Command::Evaluate(options) => pipeline::evaluate::run_command(&options, out),
         options::Command::Extract(options) => pipeline::extract::run_command(&options, out),
+        options::Command::Export(options) => pipeline::export::run_command(&options, out),
         options::Command::Architectures(options) => {
             pipeline::architectures::run_command(&options, out)
         }

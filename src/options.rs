@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::backbone::{ModelSource, Overrides};
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
+use crate::graph::tflite::quantize::QuantizeOptions;
 use crate::image::Distortions;
 use crate::train::TrainingOptions;
 
@@ -17,6 +18,24 @@ pub enum Command {
     Evaluate(EvaluateOptions),
     Architectures(ArchitecturesOptions),
     Extract(Box<ExtractOptions>),
+    Export(ExportOptions),
+}
+
+/// `flowers export`: a retrained graph as a TensorFlow Lite file.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub graph: PathBuf,
+    /// Checked against the graph's own labels.
+    pub labels: Option<PathBuf>,
+    pub tflite: TfliteOptions,
+}
+
+/// How a `.tflite` file is written (`flowers export`, `retrain --output-tflite`).
+#[derive(Clone, Debug)]
+pub struct TfliteOptions {
+    pub output: PathBuf,
+    /// `--quantize`, `--io`, `--calibration-dir`.
+    pub quantize: QuantizeOptions,
 }
 
 /// `flowers extract`: bottlenecks into the cache, for one shard or all images.
@@ -76,6 +95,8 @@ pub struct RetrainOptions {
     pub json: bool,
     /// Exit code 3 when the final test accuracy is below this fraction.
     pub assert_accuracy_at_least: Option<f64>,
+    /// Also write the graph as a TensorFlow Lite file.
+    pub output_tflite: Option<TfliteOptions>,
 }
 
 /// Everything `flowers label` can be told.

@@ -13,6 +13,8 @@ use prost::bytes::Bytes;
 use serde::Serialize;
 
 use super::metadata::GraphMetadata;
+use super::tflite;
+use super::tflite::run::Interpreter;
 use crate::backbone::limits::{self, quote};
 use crate::backbone::onnx::decode_model;
 use crate::backbone::tensorflow::{self, GraphDef};
@@ -53,7 +55,23 @@ const LEGACY_STD: f32 = 128.0;
 pub struct RetrainedGraph {
     pub labels: Vec<String>,
     pub preprocessing: Preprocessing,
-    plan: Plan,
+    runner: Runner,
+}
+
+/// What computes the scores: tract for ONNX and TensorFlow graphs, flowers' own TFLite
+/// interpreter for `.tflite` files.
+enum Runner {
+    Tract(Plan),
+    Tflite(Interpreter),
+}
+
+impl Runner {
+    fn output_len(&self) -> usize {
+        match self {
+            Runner::Tract(plan) => plan.output_len,
+            Runner::Tflite(interpreter) => interpreter.output_len(),
+        }
+    }
 }
 
 /// One class and its probability.
@@ -90,35 +108,29 @@ impl RetrainedGraph {
         flags: &LabelImageFlags,
     ) -> Result<RetrainedGraph> {
         // The digest (a pass of sha256 over the whole file) runs on a second thread while
-        // this one decodes the graph and builds tract's plan: both take milliseconds, and
-        // a damaged graph is still refused by its digest before anything else is said.
+        // this one decodes the graph and builds the plan: both take milliseconds, and a
+        // damaged graph is still refused by its digest before anything else is said.
         let bytes = Bytes::from(bytes);
         let (intact, loaded) = std::thread::scope(|scope| {
             let hashed = bytes.clone();
             let checking = scope.spawn(move || super::digest::verify(&hashed, display));
-            let loaded = catching_panics_in(display, || {
-                if tensorflow::looks_like_graph_def(&bytes) {
-                    let graph = tensorflow::decode_graph(bytes, display)?;
-                    load_tensorflow(graph, labels_file, flags, display)
-                } else {
-                    load_onnx(bytes, labels_file, flags, display)
-                }
-            });
+            let loaded =
+                catching_panics_in(display, || load_any(bytes, labels_file, flags, display));
             (checking.join(), loaded)
         });
         intact.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        let (labels, plan) = loaded?;
-        if labels.len() != plan.output_len {
+        let (labels, preprocessing, runner) = loaded?;
+        if labels.len() != runner.output_len() {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",
-                plan.output_len,
+                runner.output_len(),
                 labels.len()
             );
         }
         Ok(RetrainedGraph {
             labels,
-            preprocessing: plan.preprocessing.clone(),
-            plan,
+            preprocessing,
+            runner,
         })
     }
 
@@ -126,7 +138,12 @@ impl RetrainedGraph {
     /// failure of the graph on this image, never an answer.
     pub fn probabilities(&self, bytes: &[u8]) -> Result<Vec<f32>, Problem> {
         let input = self.preprocessing.tensor_from_bytes(bytes)?;
-        let scores = self.plan.run(input);
+        let scores = match &self.runner {
+            Runner::Tract(plan) => plan.run(input),
+            Runner::Tflite(interpreter) => input
+                .try_as_plain_ram()
+                .and_then(|plain| interpreter.run(plain.as_slice::<f32>()?)),
+        };
         let scores = scores.map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
         if scores.iter().any(|s| !s.is_finite()) {
             return Err(Problem::InferenceFailed(NOT_FINITE.into()));
@@ -155,6 +172,25 @@ impl RetrainedGraph {
         let probabilities = self.probabilities(&bytes)?;
         Ok(self.top_k(&probabilities, k))
     }
+}
+
+/// Any graph flowers reads, told apart by content: TensorFlow Lite, TensorFlow, ONNX.
+fn load_any(
+    bytes: Bytes,
+    labels_file: Option<&Path>,
+    flags: &LabelImageFlags,
+    display: &str,
+) -> Result<(Vec<String>, Preprocessing, Runner)> {
+    if tflite::read::looks_like_tflite(&bytes) {
+        return load_tflite(&bytes, labels_file, flags, display);
+    }
+    let (labels, plan) = if tensorflow::looks_like_graph_def(&bytes) {
+        let graph = tensorflow::decode_graph(bytes, display)?;
+        load_tensorflow(graph, labels_file, flags, display)?
+    } else {
+        load_onnx(bytes, labels_file, flags, display)?
+    };
+    Ok((labels, plan.preprocessing.clone(), Runner::Tract(plan)))
 }
 
 /// flowers' ONNX graph: everything from its metadata.
@@ -190,6 +226,26 @@ fn load_onnx(
     let plan = Plan::new(Cow::Owned(proto), &metadata.preprocessing, &output)
         .with_context(|| format!("cannot prepare {display} for inference"))?;
     Ok((labels, plan))
+}
+
+/// A `.tflite` file flowers wrote: preprocessing and labels from its flowers metadata.
+fn load_tflite(
+    bytes: &[u8],
+    labels_file: Option<&Path>,
+    flags: &LabelImageFlags,
+    display: &str,
+) -> Result<(Vec<String>, Preprocessing, Runner)> {
+    let file = tflite::file::decode(bytes, display)?;
+    let metadata = file.metadata;
+    let (input, output) = {
+        let model = &file.model;
+        (model.input()?.name.clone(), model.output()?.name.clone())
+    };
+    warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
+    let labels = resolve_labels(metadata.labels, labels_file, display)?;
+    let interpreter =
+        Interpreter::new(file.model).map_err(|e| anyhow!("{display} cannot be run: {e}"))?;
+    Ok((labels, metadata.preprocessing, Runner::Tflite(interpreter)))
 }
 
 /// A TensorFlow graph: flowers' (with metadata) or retrain.py's (label_image.py's flags).

@@ -4,6 +4,7 @@
 
 pub mod architectures;
 pub mod evaluate;
+pub mod export;
 pub mod extract;
 pub mod label;
 pub mod retrain;

@@ -16,13 +16,15 @@ use crate::backbone::{Backbone, ModelFormat};
 use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
 use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
-use crate::graph::{retrained_graph, write_graph, write_labels};
+use crate::graph::tflite;
+use crate::graph::tflite::quantize::TrainingImages;
+use crate::graph::{retrained_graph, write_graph, write_labels, GraphMetadata, RetrainedGraphFile};
 use crate::options::RetrainOptions;
 use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
 use crate::report::{format, Report, RetrainSummary};
 use crate::train::{check_batch, predictions, train, Examples, FinalLayer};
-use crate::util::atomic::{check_writable, create_private_dir, same_destination};
+use crate::util::atomic::{check_writable, create_private_dir, same_destination, write_atomically};
 use crate::util::messages::shown;
 
 /// `flowers retrain`: runs the pipeline, prints the results on `out` (text, or JSON with
@@ -60,6 +62,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         check_graph_output(&output_graph, &options.output_labels)?;
     }
     check_final_tensor_name(&backbone, &options.final_tensor_name)?;
+    check_tflite_output(options, &output_graph)?;
     let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
     let scope = Scope {
         shard: None,
@@ -114,6 +117,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         &dataset.labels,
         &options.final_tensor_name,
     )?;
+    let tflite = tflite_bytes(options, &backbone, &graph, &dataset, &output_graph)?;
     write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
     crate::info!(
@@ -121,6 +125,10 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         shown(&output_graph),
         shown(&options.output_labels)
     );
+    if let (Some(tflite), Some(bytes)) = (&options.output_tflite, tflite) {
+        write_atomically(&tflite.output, &bytes)?;
+        crate::info!("Wrote {}", shown(&tflite.output));
+    }
     let pictures = log.finish(test_report.as_ref())?;
     let skipped = dataset
         .skipped
@@ -152,6 +160,75 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     })
 }
 
+/// The `--output-tflite` file's bytes, made before anything is written so that a graph
+/// that cannot be exported leaves no outputs behind.
+fn tflite_bytes(
+    options: &RetrainOptions,
+    backbone: &Backbone,
+    graph: &RetrainedGraphFile,
+    dataset: &Dataset,
+    output_graph: &Path,
+) -> Result<Option<Vec<u8>>> {
+    let Some(tflite) = &options.output_tflite else {
+        return Ok(None);
+    };
+    let labels = &dataset.labels;
+    let metadata = GraphMetadata {
+        labels: Some(labels.to_vec()),
+        preprocessing: backbone.preprocessing.clone(),
+        backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
+        input: Some(backbone.input_name.clone()),
+        output: Some(options.final_tensor_name.clone()),
+    };
+    let display = shown(output_graph);
+    // int8 calibrates on the training images: never on the test photos it is judged by.
+    let training = dataset
+        .images
+        .iter()
+        .filter(|image| {
+            let split = split_of(
+                &image.relative,
+                options.validation_percentage,
+                options.testing_percentage,
+            );
+            split == Split::Training
+        })
+        .map(|image| image.path.clone())
+        .collect();
+    let training = TrainingImages {
+        root: &dataset.root,
+        paths: training,
+    };
+    tflite::export::quantized_tflite_file(
+        graph,
+        &metadata,
+        &display,
+        &tflite.quantize,
+        Some(training),
+    )
+    .map(Some)
+}
+
+/// `--output-tflite` needs a path of its own, checked before any work.
+fn check_tflite_output(options: &RetrainOptions, graph: &Path) -> Result<()> {
+    let Some(tflite) = &options.output_tflite else {
+        return Ok(());
+    };
+    for (other, flag) in [
+        (graph, "--output-graph"),
+        (options.output_labels.as_path(), "--output-labels"),
+    ] {
+        if same_destination(&tflite.output, other) {
+            bail!(
+                "--output-tflite {} is the same file as {flag} {}: give them two names",
+                shown(&tflite.output),
+                shown(other)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `--output-graph`, or retrain.py's name with the extension of the backbone's format.
 fn output_graph_path(options: &RetrainOptions, backbone: &Backbone) -> PathBuf {
     let extension = match backbone.format() {
@@ -169,6 +246,9 @@ fn output_graph_path(options: &RetrainOptions, backbone: &Backbone) -> PathBuf {
 /// for the backbone's format.
 fn check_outputs(options: &RetrainOptions) -> Result<()> {
     check_writable(&options.output_labels, "--output-labels")?;
+    if let Some(tflite) = &options.output_tflite {
+        check_writable(&tflite.output, "--output-tflite")?;
+    }
     if let Some(graph) = &options.output_graph {
         check_graph_output(graph, &options.output_labels)?;
     }
