@@ -70,7 +70,7 @@ pub enum ExportFormat {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// The retrained ONNX graph flowers wrote [default: retrained_graph.onnx].
+    /// The retrained graph flowers wrote, ONNX or TensorFlow [default: retrained_graph.onnx].
     #[arg(long, value_name = "FILE")]
     pub graph: Option<PathBuf>,
 

@@ -137,8 +137,9 @@ pub fn measure(
         );
     }
     if let Some(first) = skipped.first() {
+        let files = if skipped.len() == 1 { "file" } else { "files" };
         crate::warn!(
-            "calibration skipped {} files of {source} it cannot decode ({first})",
+            "calibration skipped {} {files} of {source} it cannot decode ({first})",
             skipped.len()
         );
     }
