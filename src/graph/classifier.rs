@@ -202,13 +202,7 @@ fn load_onnx(
 ) -> Result<(Vec<String>, Plan)> {
     // Consumed, so its memory is freed for the copies tract makes next (see `Plan::new`).
     let proto = decode_model(bytes, display)?;
-    let entries = proto.metadata_props.iter();
-    let metadata = GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
-        .with_context(|| {
-            format!(
-                "{display} has no usable flowers metadata (was it written by `flowers retrain`?)"
-            )
-        })?;
+    let metadata = GraphMetadata::of_onnx(&proto, display)?;
     let output = proto
         .graph
         .as_ref()

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use tract_onnx::pb::ModelProto;
 
 use crate::image::{channels_text, parse_channels, Layout, Preprocessing, ResizeRule};
 use crate::util::messages::quote;
@@ -76,6 +77,18 @@ impl GraphMetadata {
             entries.push((keys::OUTPUT, output.clone()));
         }
         entries
+    }
+
+    /// The metadata of a flowers ONNX graph (`metadata_props`), shown as `display` in
+    /// errors: every reader of flowers' ONNX graphs asks for it the same way.
+    pub fn of_onnx(proto: &ModelProto, display: &str) -> Result<GraphMetadata> {
+        let entries = proto.metadata_props.iter();
+        GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
+            .with_context(|| {
+                format!(
+                    "{display} has no usable flowers metadata (was it written by `flowers retrain`?)"
+                )
+            })
     }
 
     /// Reads the entries of a graph. Keys other than flowers' are ignored; a missing or

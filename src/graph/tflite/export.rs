@@ -28,13 +28,7 @@ pub fn from_graph_bytes(bytes: Vec<u8>, display: &str) -> Result<(Model, GraphMe
         return Ok((model, metadata));
     }
     let proto = decode_model(bytes, display)?;
-    let entries = proto.metadata_props.iter();
-    let metadata = GraphMetadata::from_entries(entries.map(|p| (p.key.as_str(), p.value.as_str())))
-        .with_context(|| {
-            format!(
-                "{display} has no usable flowers metadata (was it written by `flowers retrain`?)"
-            )
-        })?;
+    let metadata = GraphMetadata::of_onnx(&proto, display)?;
     let model = from_onnx(&proto, &metadata, display)?;
     Ok((model, metadata))
 }
