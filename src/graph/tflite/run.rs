@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, ensure, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use super::ir::{Activation, Data, ElementType, Model, Op, Operator, Padding, TensorId};
+use super::ir::{Activation, Data, ElementType, Model, Op, Operator, Padding, Tensor, TensorId};
 use super::quantize::float16;
 use super::quantize::interpret::{self, Int8Model};
 
@@ -632,11 +632,7 @@ fn output_shape<'m>(
                 "the filter {f:?} does not match {} input channels",
                 x[3]
             );
-            ensure!(tensor(2).shape == [f[0]], "the bias is not [{}]", f[0]);
-            ensure!(
-                tensor(1).data.is_some() && tensor(2).data.is_some(),
-                "the filter and bias are not constants"
-            );
+            constant_filter_and_bias(tensor(1), tensor(2), f[0])?;
             let [h, w] = spatial(x, [f[1], f[2]], *stride, *dilation, *padding)?;
             vec![x[0], h, w, f[0]]
         }
@@ -652,11 +648,7 @@ fn output_shape<'m>(
                 "the filter {f:?} does not match {} input channels",
                 x[3]
             );
-            ensure!(tensor(2).shape == [f[3]], "the bias is not [{}]", f[3]);
-            ensure!(
-                tensor(1).data.is_some() && tensor(2).data.is_some(),
-                "the filter and bias are not constants"
-            );
+            constant_filter_and_bias(tensor(1), tensor(2), f[3])?;
             let [h, w] = spatial(x, [f[1], f[2]], *stride, *dilation, *padding)?;
             vec![x[0], h, w, f[3]]
         }
@@ -751,4 +743,14 @@ fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
             _ => bail!("shapes {a:?} and {b:?} do not broadcast"),
         })
         .collect()
+}
+
+/// A convolution's filter and bias are constants, one bias per output channel.
+fn constant_filter_and_bias(filter: &Tensor, bias: &Tensor, channels: usize) -> Result<()> {
+    ensure!(bias.shape == [channels], "the bias is not [{channels}]");
+    ensure!(
+        filter.data.is_some() && bias.data.is_some(),
+        "the filter and bias are not constants"
+    );
+    Ok(())
 }
