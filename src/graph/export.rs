@@ -75,13 +75,7 @@ pub fn retrained_graph(
             final_tensor_name,
         )?))),
         BackboneGraph::TensorFlow(graph) => {
-            let metadata = GraphMetadata {
-                labels: Some(labels.to_vec()),
-                preprocessing: backbone.preprocessing.clone(),
-                backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
-                input: Some(backbone.input_name.clone()),
-                output: Some(final_tensor_name.to_string()),
-            };
+            let metadata = graph_metadata(backbone, labels, final_tensor_name);
             let weights: Vec<f32> = layer.weights.iter().copied().collect();
             let biases: Vec<f32> = layer.biases.iter().copied().collect();
             let nodes = FinalLayerNodes {
@@ -95,6 +89,23 @@ pub fn retrained_graph(
                 tensorflow::with_final_layer(graph, &nodes)?,
             ))
         }
+    }
+}
+
+/// What a retrained graph says about itself: its labels, the backbone's preprocessing and
+/// identity, and its input and output names. The TensorFlow graph and the TensorFlow Lite
+/// file written beside it carry the same.
+pub fn graph_metadata(
+    backbone: &Backbone,
+    labels: &[String],
+    final_tensor_name: &str,
+) -> GraphMetadata {
+    GraphMetadata {
+        labels: Some(labels.to_vec()),
+        preprocessing: backbone.preprocessing.clone(),
+        backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
+        input: Some(backbone.input_name.clone()),
+        output: Some(final_tensor_name.to_string()),
     }
 }
 

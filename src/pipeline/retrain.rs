@@ -16,9 +16,10 @@ use crate::backbone::{Backbone, ModelFormat};
 use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
 use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
+use crate::graph::export::graph_metadata;
 use crate::graph::tflite;
 use crate::graph::tflite::quantize::TrainingImages;
-use crate::graph::{retrained_graph, write_graph, write_labels, GraphMetadata, RetrainedGraphFile};
+use crate::graph::{retrained_graph, write_graph, write_labels, RetrainedGraphFile};
 use crate::options::RetrainOptions;
 use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
@@ -172,14 +173,7 @@ fn tflite_bytes(
     let Some(tflite) = &options.output_tflite else {
         return Ok(None);
     };
-    let labels = &dataset.labels;
-    let metadata = GraphMetadata {
-        labels: Some(labels.to_vec()),
-        preprocessing: backbone.preprocessing.clone(),
-        backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
-        input: Some(backbone.input_name.clone()),
-        output: Some(options.final_tensor_name.clone()),
-    };
+    let metadata = graph_metadata(backbone, &dataset.labels, &options.final_tensor_name);
     let display = shown(output_graph);
     // int8 calibrates on the training images: never on the test photos it is judged by.
     let training = dataset
