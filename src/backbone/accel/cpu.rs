@@ -29,45 +29,38 @@ impl Avx2Fma {
 /// hand their short tails to the AVX2 ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Avx512 {
-    avx2: Avx2Fma,
+    _private: (),
 }
 
 impl Avx512 {
     /// The token, if this CPU has AVX-512F, AVX2 and FMA.
     pub(crate) fn detect() -> Option<Avx512> {
-        let avx2 = Avx2Fma::detect()?;
+        Avx2Fma::detect()?;
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") {
-            return Some(Avx512 { avx2 });
+            return Some(Avx512 { _private: () });
         }
-        let _ = avx2;
         None
     }
-
-    /// The AVX2 token this one implies.
-    pub(crate) fn avx2(self) -> Avx2Fma {
-        self.avx2
-    }
 }
 
-/// The kernels an op runs, fixed when the plan is built.
+/// The path a backbone's plan takes, fixed when the plan is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernels {
-    /// Plain Rust: the reference the others are tested against.
+    /// tract's own plan: no layer is swapped.
     Portable,
-    /// 256-bit vectors with FMA.
+    /// flowers' blocked ops in plain Rust: the reference the vector kernels are tested
+    /// against, and the path for CPUs without AVX2 when asked for.
+    Plain,
+    /// The blocked ops with 256-bit vectors and FMA.
     Avx2(Avx2Fma),
-    /// 512-bit vectors, for the layers' inner loops.
+    /// The blocked ops with 512-bit vectors.
     Avx512(Avx512),
-    /// The 512-bit kernels' code with each vector emulated in portable Rust: tests their
-    /// blocking and tails on CPUs without AVX-512.
-    #[cfg(test)]
-    Emulated512,
 }
 
-/// The environment variable that picks a path: `portable` (tract's own plan), `avx2` or
-/// `avx512`. Unset, empty or `auto`, the best path the CPU has is taken; a path the CPU
-/// lacks falls back to the best it has.
+/// The environment variable that picks a path: `portable` (tract's own plan), `plain`
+/// (flowers' ops in plain Rust), `avx2` or `avx512`. Unset, empty or `auto`, the best path
+/// the CPU has is taken; a path the CPU lacks falls back to the best it has.
 pub(crate) const KERNELS_VARIABLE: &str = "FLOWERS_KERNELS";
 
 impl Kernels {
@@ -77,11 +70,16 @@ impl Kernels {
         let best = Self::best();
         match std::env::var(KERNELS_VARIABLE).as_deref() {
             Ok("portable") => Kernels::Portable,
+            Ok("plain") => Kernels::Plain,
             Ok("avx2") => Avx2Fma::detect().map_or(best, Kernels::Avx2),
+            Ok("avx512") => Avx512::detect().map_or(best, Kernels::Avx512),
             _ => best,
         }
     }
 
+    /// The fastest path on this CPU. Without AVX2, tract's plan: its own vector kernels
+    /// (SSE, or NEON on ARM) beat the plain Rust ops, which the compiler vectorises for
+    /// the baseline instruction set only.
     fn best() -> Kernels {
         if let Some(avx512) = Avx512::detect() {
             return Kernels::Avx512(avx512);
@@ -92,7 +90,7 @@ impl Kernels {
     /// Every path this CPU can run, for the tests that force each one.
     #[cfg(test)]
     pub(crate) fn supported() -> Vec<Kernels> {
-        let mut all = vec![Kernels::Portable, Kernels::Emulated512];
+        let mut all = vec![Kernels::Portable, Kernels::Plain];
         all.extend(Avx2Fma::detect().map(Kernels::Avx2));
         all.extend(Avx512::detect().map(Kernels::Avx512));
         all

@@ -9,36 +9,30 @@
 //! match tract's to float rounding; the tests below check a whole bottleneck against
 //! tract's own plan on a real photo, and a residual block on every path.
 //!
-//! Two families of ops, by the layout of the activations between them:
-//! - on AVX2 CPUs, [`blocked`]: channels in blocks of eight from the stem to the last
-//!   layer, residual additions included, turned back into planes once, for the pooling;
-//! - on AVX-512 CPUs (and in the emulated-lane tests), channel-first planes, as tract
-//!   keeps them: [`direct_conv`] for the stem and the depthwise layers, [`pointwise`] for
-//!   the pointwise ones, each reading and writing planes. Their 512-bit kernels have no
-//!   blocked counterpart yet; `FLOWERS_KERNELS=avx2` runs the blocked ops on those CPUs.
+//! One family of ops, [`blocked`]: the activations stay in blocks of eight channels from
+//! the stem to the last layer, residual additions included, and are turned back into
+//! planes once, for the pooling. Its kernels come in plain Rust, AVX2 + FMA and AVX-512F
+//! flavours, over the same layouts, so the graph surgery is the same on every path.
 //!
-//! Layout, as in tract's linalg: each op's portable code lives apart from its
-//! ISA-specific kernels (`x86_64_avx2.rs`), which can only be reached with the [`cpu`]
-//! token that proves the CPU has the features they are compiled for.
+//! Layout, as in tract's linalg: the matching ([`layer`]) apart from the ops, each op's
+//! tract glue apart from its kernels, and the ISA-specific kernels (`x86_64_avx2.rs`,
+//! `x86_64_avx512.rs`) reachable only with the [`cpu`] token that proves the CPU has the
+//! features they are compiled for.
 
-#[cfg(target_arch = "x86_64")]
 mod blocked;
 mod cpu;
-mod direct_conv;
-mod lanes;
+mod layer;
 mod op;
-mod pointwise;
-#[cfg(target_arch = "x86_64")]
-mod x86_64_transpose;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::math::{Max, Min};
 
+use blocked::Isa;
 use cpu::Kernels;
-use direct_conv::{DirectConv, Geometry};
 use op::Clip;
-use pointwise::PointwiseConv;
+
+pub(crate) use layer::Geometry;
 
 /// Replaces every layer of `model` that one of flowers' ops runs faster, with the clamp
 /// that follows it; returns how many were replaced. Run it on the typed model, before
@@ -47,75 +41,36 @@ use pointwise::PointwiseConv;
 /// times (its axis-change search deep-copies each constant it tries, and it copies each
 /// 1x1 kernel again into matrix form); BENCHMARKS.md has the plan-build times.
 ///
-/// Only CPUs with AVX2 and FMA get the swap: the blocked ops, or on AVX-512 CPUs the
-/// channel-first ops with 512-bit kernels. Elsewhere (older x86, ARM, where tract has its
-/// own vector kernels) the portable paths would not beat tract, so the plan is left as
-/// is. `FLOWERS_KERNELS` (see [`cpu`]) can ask for tract's plan (`portable`) or for the
-/// blocked AVX2 ops on an AVX-512 CPU (`avx2`).
+/// Only CPUs with AVX2 and FMA get the swap by default: the blocked ops with their AVX2 or
+/// AVX-512 kernels. Elsewhere (older x86, ARM, where tract has its own vector kernels) the
+/// plain Rust kernels would not beat tract, so the plan is left as is. `FLOWERS_KERNELS`
+/// (see [`cpu`]) can ask for tract's plan (`portable`), the plain Rust kernels (`plain`)
+/// or a narrower ISA than the CPU's best (`avx2`).
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
     apply_kernels(model, Kernels::detect())
 }
 
 /// [`apply`] with the given kernels; `Portable` leaves tract's plan.
 fn apply_kernels(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize> {
-    if kernels == Kernels::Portable {
-        return Ok(0);
-    }
+    let isa = match kernels {
+        Kernels::Portable => return Ok(0),
+        Kernels::Plain => Isa::Plain,
+        Kernels::Avx2(token) => Isa::Avx2(token),
+        Kernels::Avx512(token) => Isa::Avx512(token),
+    };
     // Folds constant subgraphs (casts of the biases, say), so the constant inputs show.
     model.prop_consts()?;
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         if let Some(layer) = Layer::of(model, node)? {
-            let patch = match kernels {
-                #[cfg(target_arch = "x86_64")]
-                Kernels::Avx2(isa) => blocked_swap(model, node, layer, isa)?,
-                _ => swap(model, node, layer, kernels)?,
-            };
-            patch.apply(model)?;
+            blocked_swap(model, node, layer, isa)?.apply(model)?;
             replaced += 1;
-            continue;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let (Kernels::Avx2(_), Some(patch)) = (kernels, blocked_add(model, node)?) {
+        } else if let Some(patch) = blocked_add(model, node)? {
             patch.apply(model)?;
         }
     }
     Ok(replaced)
-}
-
-/// The patch putting flowers' op for `layer` in place of `node` and its clamp.
-fn swap(
-    model: &TypedModel,
-    node: &TypedNode,
-    layer: Layer,
-    kernels: Kernels,
-) -> TractResult<TypedModelPatch> {
-    let (clip, last) = clamp_after(model, node)?;
-    let mut patch = TypedModelPatch::default();
-    let mut inputs = patch.taps(model, &node.inputs)?;
-    let op: Box<dyn TypedOp> = match layer {
-        Layer::Direct(geometry) => Box::new(DirectConv {
-            geometry,
-            clip,
-            kernels,
-        }),
-        Layer::Pointwise(found) => {
-            let name = &node.name;
-            let (weights, bias) = found.packed()?;
-            inputs[1] = patch.add_const(format!("{name}.packed_weights"), weights)?;
-            inputs[2] = patch.add_const(format!("{name}.packed_bias"), bias)?;
-            let shape = found.shape;
-            Box::new(PointwiseConv {
-                shape,
-                clip,
-                kernels,
-            })
-        }
-    };
-    let output = patch.wire_node(&node.name, op, &inputs)?[0];
-    patch.shunt_outside(model, last, output)?;
-    Ok(patch)
 }
 
 /// The patch putting the blocked op for `layer` in place of `node` and its clamp: it reads
@@ -123,12 +78,11 @@ fn swap(
 /// a [`blocked::FromBlocked`] turns back into planes for whatever reads `node` now. When
 /// the next layer is swapped in turn, it reads the blocks directly ([`blocked_input`]),
 /// and the conversion, read by nothing, is dropped with the rest of the unused nodes.
-#[cfg(target_arch = "x86_64")]
 fn blocked_swap(
     model: &TypedModel,
     node: &TypedNode,
     layer: Layer,
-    isa: cpu::Avx2Fma,
+    isa: Isa,
 ) -> TractResult<TypedModelPatch> {
     use blocked::*;
     let (clip, last) = clamp_after(model, node)?;
@@ -176,7 +130,7 @@ fn blocked_swap(
                 outputs: s.outputs,
             };
             let data = blocked_input(model, &mut patch, node.inputs[0], input)?;
-            let packed = pack_pointwise(&shape, &found.kernel, &found.bias)?;
+            let packed = pack_pointwise(&shape, isa, &found.kernel, &found.bias)?;
             let op = BlockedPointwise { shape, clip, isa };
             (Box::new(op), data, packed, shape.output())
         }
@@ -191,7 +145,6 @@ fn blocked_swap(
 
 /// `outlet` (an image of `planes`) in blocks, in `patch`: the blocks themselves when it
 /// is a [`blocked::FromBlocked`] of them, else a [`blocked::ToBlocked`] of it.
-#[cfg(target_arch = "x86_64")]
 fn blocked_input(
     model: &TypedModel,
     patch: &mut TypedModelPatch,
@@ -212,7 +165,6 @@ fn blocked_input(
 /// The patch moving a residual addition of two blocked layers' outputs onto their blocks,
 /// if `node` is one: an `Add` is elementwise, so adding the blocks is adding the planes,
 /// and the next layer can read the sum's blocks without a conversion.
-#[cfg(target_arch = "x86_64")]
 fn blocked_add(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
     use tract_onnx::tract_core::ops::math::Add;
     let is_add = node
@@ -249,15 +201,15 @@ fn blocked_add(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Typed
 /// A layer one of flowers' ops can run, with what that op needs.
 enum Layer {
     Direct(Geometry),
-    Pointwise(Box<pointwise::Eligible>),
+    Pointwise(Box<layer::Eligible>),
 }
 
 impl Layer {
     fn of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Layer>> {
-        if let Some(geometry) = direct_conv::eligible(model, node)? {
+        if let Some(geometry) = layer::direct(model, node)? {
             return Ok(Some(Layer::Direct(geometry)));
         }
-        Ok(pointwise::eligible(model, node)?.map(|found| Layer::Pointwise(Box::new(found))))
+        Ok(layer::pointwise(model, node)?.map(|found| Layer::Pointwise(Box::new(found))))
     }
 }
 
@@ -341,17 +293,12 @@ mod tests {
 
     /// The clamp a node of flowers' applies, if it is one of its convolutions.
     pub(crate) fn fused_clip_of(node: &TypedNode) -> Option<Clip> {
-        let clip = node.op_as::<DirectConv>().map(|d| d.clip);
-        let clip = clip.or_else(|| node.op_as::<PointwiseConv>().map(|p| p.clip));
-        #[cfg(target_arch = "x86_64")]
-        let clip = clip
-            .or_else(|| node.op_as::<blocked::BlockedDirectConv>().map(|d| d.clip))
-            .or_else(|| node.op_as::<blocked::BlockedPointwise>().map(|p| p.clip));
-        clip
+        let clip = node.op_as::<blocked::BlockedDirectConv>().map(|d| d.clip);
+        clip.or_else(|| node.op_as::<blocked::BlockedPointwise>().map(|p| p.clip))
     }
 
-    /// Every path this machine can run (AVX2, AVX-512, and the 512-bit kernels with
-    /// emulated lanes) against tract's own plan, on a real photo.
+    /// Every path this machine can run (plain Rust, AVX2, AVX-512) against tract's own
+    /// plan, on a real photo.
     #[test]
     fn the_backbone_gives_tracts_bottleneck_on_a_real_photo() {
         use crate::backbone::{Backbone, ModelSource, Overrides};
@@ -372,7 +319,7 @@ mod tests {
             assert_eq!(fused.filter(|&c| c != Clip::default()).count(), replaced);
             // Blocked from the stem on, back to planes once, for the pooling.
             let named = |name: &str| nodes.iter().filter(|n| n.op.name() == name).count();
-            if let Kernels::Avx2(_) = kernels {
+            if kernels != Kernels::Portable {
                 assert_eq!(named("FlowersFromBlocked"), 1);
                 assert_eq!(named("FlowersToBlocked"), 0);
             }
@@ -411,7 +358,7 @@ mod tests {
 
     /// A residual block with channel counts that are not multiples of 8, 3x3 and 5x5
     /// depthwise layers and odd image sizes (`tests/fixtures/onnx`): every path against
-    /// tract's plan, and on the blocked path the residual `Add` on blocks, so the planes
+    /// tract's plan, and the residual `Add` on blocks, so the planes
     /// come back only for the pooling.
     #[test]
     fn a_residual_block_gives_tracts_result_on_every_path() {
@@ -452,9 +399,7 @@ mod tests {
         for kernels in Kernels::supported().into_iter().skip(1) {
             let (replaced, conversions, ours) = run(kernels);
             assert_eq!(replaced, 9, "{kernels:?}");
-            if let Kernels::Avx2(_) = kernels {
-                assert_eq!(conversions, (1, 0), "{kernels:?}");
-            }
+            assert_eq!(conversions, (1, 0), "{kernels:?}");
             for (a, b) in tracts.iter().zip(&ours) {
                 assert!(
                     (a - b).abs() < 1e-4,

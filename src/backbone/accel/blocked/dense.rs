@@ -7,10 +7,8 @@
 
 use tract_onnx::prelude::*;
 
-use super::direct::output_planes;
-use super::{groups, x86_64_avx2, BLOCK, DENSE_GROUP};
-use crate::backbone::accel::cpu::Avx2Fma;
-use crate::backbone::accel::direct_conv::Geometry;
+use super::{groups, output_planes, portable, Isa, BLOCK, DENSE_GROUP};
+use crate::backbone::accel::layer::Geometry;
 
 /// Taps of one output channel: every input plane's `KH x KW`.
 pub(crate) fn taps(g: &Geometry) -> usize {
@@ -53,7 +51,7 @@ pub(crate) fn pack(g: &Geometry, kernel: &[f32], bias: &[f32]) -> TractResult<(T
 /// [`pack`] lays them out, `output` blocked. Slices of
 /// the wrong length panic here, before any kernel runs.
 pub(crate) fn convolve(
-    isa: Avx2Fma,
+    isa: Isa,
     g: &Geometry,
     clip: (f32, f32),
     data: &[f32],
@@ -74,16 +72,21 @@ pub(crate) fn convolve(
         fill(g, data, (rows, cols), scratch);
         let (per_block, plane) = (taps(g) * BLOCK, out.pixels() * BLOCK);
         for (first, count) in groups(out.blocks(), DENSE_GROUP) {
-            x86_64_avx2::dense_group(
-                isa,
-                g,
-                scratch,
-                (rows, cols),
-                &weights[first * per_block..][..count * per_block],
-                &bias[first * BLOCK..][..count * BLOCK],
-                clip,
-                &mut output[first * plane..][..count * plane],
-            );
+            let weights = &weights[first * per_block..][..count * per_block];
+            let bias = &bias[first * BLOCK..][..count * BLOCK];
+            let output = &mut output[first * plane..][..count * plane];
+            let padded = (scratch.as_slice(), (rows, cols));
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2(isa) => {
+                    super::x86_64_avx2::dense_group(isa, g, padded, weights, bias, clip, output)
+                }
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512(isa) => {
+                    super::x86_64_avx512::dense_group(isa, g, padded, weights, bias, clip, output)
+                }
+                _ => portable::dense_group(g, padded, weights, bias, clip, output),
+            }
         }
     });
 }

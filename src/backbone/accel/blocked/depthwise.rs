@@ -1,16 +1,14 @@
 //! The depthwise convolution on blocked activations: each tap is one multiply for the eight
 //! channels of a block, at any stride, read straight from the input, with no padded copy.
 
-use super::direct::{input_planes, output_planes};
-use super::{x86_64_avx2, BLOCK};
-use crate::backbone::accel::cpu::Avx2Fma;
-use crate::backbone::accel::direct_conv::Geometry;
+use super::{input_planes, output_planes, portable, Isa, BLOCK};
+use crate::backbone::accel::layer::Geometry;
 
 /// Runs the layer: `data` and `output` blocked, `taps` `[blocks][KH x KW][8]` and `bias`
 /// padded to whole blocks ([`super::pack_taps`]). Slices of the wrong length, and
 /// geometries that are not depthwise, panic here, before any kernel runs.
 pub(crate) fn convolve(
-    isa: Avx2Fma,
+    isa: Isa,
     g: &Geometry,
     clip: (f32, f32),
     data: &[f32],
@@ -25,14 +23,20 @@ pub(crate) fn convolve(
     assert!(taps.len() == input.blocks() * per_block && bias.len() == input.blocks() * BLOCK);
     let (plane, out_plane) = (input.pixels() * BLOCK, out.pixels() * BLOCK);
     for b in 0..input.blocks() {
-        x86_64_avx2::depthwise_block(
-            isa,
-            g,
-            &data[b * plane..][..plane],
-            &taps[b * per_block..][..per_block],
-            &bias[b * BLOCK..][..BLOCK],
-            clip,
-            &mut output[b * out_plane..][..out_plane],
-        );
+        let data = &data[b * plane..][..plane];
+        let taps = &taps[b * per_block..][..per_block];
+        let bias = &bias[b * BLOCK..][..BLOCK];
+        let output = &mut output[b * out_plane..][..out_plane];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(isa) => {
+                super::x86_64_avx2::depthwise_block(isa, g, data, taps, bias, clip, output)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(isa) => {
+                super::x86_64_avx512::depthwise_block(isa, g, data, taps, bias, clip, output)
+            }
+            _ => portable::depthwise_block(g, data, taps, bias, clip, output),
+        }
     }
 }

@@ -1,34 +1,13 @@
 //! The node for the stem ([`super::dense`]) and the depthwise layers ([`super::depthwise`]),
-//! the two convolutions with a geometry of their own (kernel, stride, padding), as
-//! [`crate::backbone::accel::direct_conv`] is for planes.
+//! the two convolutions with a geometry of their own (kernel, stride, padding): the tract
+//! glue, apart from the kernels.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::{dense, depthwise, Planes};
-use crate::backbone::accel::cpu::Avx2Fma;
-use crate::backbone::accel::direct_conv::Geometry;
+use super::{dense, depthwise, output_planes, Isa};
+use crate::backbone::accel::layer::Geometry;
 use crate::backbone::accel::op::{eval_f32, Clip};
-
-/// The input image of a layer of geometry `g`.
-pub(crate) fn input_planes(g: &Geometry) -> Planes {
-    Planes {
-        batched: g.batched,
-        channels: g.inputs,
-        height: g.height,
-        width: g.width,
-    }
-}
-
-/// The output image of a layer of geometry `g`.
-pub(crate) fn output_planes(g: &Geometry) -> Planes {
-    Planes {
-        batched: g.batched,
-        channels: g.channels,
-        height: g.out_h,
-        width: g.out_w,
-    }
-}
 
 /// The node: inputs are the data (channel-first planes for the stem, blocks for a
 /// depthwise layer), the weights and bias as [`dense::pack`] or [`super::pack_taps`] lays
@@ -38,7 +17,7 @@ pub(crate) struct BlockedDirectConv {
     pub geometry: Geometry,
     /// The clamp applied as outputs are stored (a fused ReLU6).
     pub clip: Clip,
-    pub isa: Avx2Fma,
+    pub isa: Isa,
 }
 
 impl Op for BlockedDirectConv {

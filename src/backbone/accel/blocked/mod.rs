@@ -1,15 +1,23 @@
 //! flowers' ops on activations kept in blocks of eight channels, from the stem to the last
-//! layer, with AVX2 and FMA.
+//! layer.
 //!
-//! Why: the channel-first ops ([`super::direct_conv`], [`super::pointwise`]) must pack
-//! each pointwise layer's pixels into panels, transpose small images' tiles on their way
-//! out, read up to a hundred and more input planes side by side, and split each depthwise
-//! plane into column phases. All of it is moving data, not computing, and it is where
-//! they lost to onnxruntime per image (BENCHMARKS.md). With the channels in blocks of
-//! eight, an AVX2 register holds eight channels of one pixel wherever it is in the image:
-//! a pointwise layer broadcasts one input channel of a pixel and multiplies it by eight
+//! Why: ops on channel-first planes, as tract keeps them, must pack each pointwise layer's
+//! pixels into panels, transpose small images' tiles on their way out, read up to a
+//! hundred and more input planes side by side, and split each depthwise plane into column
+//! phases. All of it is moving data, not computing; flowers' earlier channel-first ops
+//! lost to these (BENCHMARKS.md) and are gone. With the channels in blocks of eight, an
+//! AVX2 register holds eight channels of one pixel wherever it is in the image: a
+//! pointwise layer broadcasts one input channel of a pixel and multiplies it by eight
 //! output channels' weights; a depthwise tap is one multiply for eight channels, whatever
 //! the stride; every store is a whole vector. onnxruntime keeps the same layout ("NCHWc").
+//!
+//! The kernels, by [`Isa`]: `x86_64_avx2.rs` (a `__m256` is a block of one pixel),
+//! `x86_64_avx512.rs` (a `__m512` is two blocks: of two pixels side by side in the
+//! depthwise layers, of two output blocks of one pixel in the stem and the pointwise
+//! layers), and `portable.rs`, plain Rust, the reference the others are tested against.
+//! The layout is the same on every path, so the graph is too: blocks of eight rather than
+//! sixteen channels cost the 512-bit kernels a shuffle where they read or write two
+//! blocks at once, and spare MobileNet's narrow layers (8, 16, 24 channels) the padding.
 //!
 //! Layout: `C` channels of an `H x W` image become `[ceil(C / 8), H, W, 8]` (with the
 //! leading batch axis of 1 when the model has one): channel `c` of pixel `(y, x)` is at
@@ -27,19 +35,79 @@ mod dense;
 mod depthwise;
 mod direct;
 mod pointwise;
+mod portable;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
 mod x86_64_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_avx512;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use super::cpu::{Avx2Fma, Avx512};
+use super::layer::Geometry;
+
 pub(crate) use dense::pack as pack_dense;
-pub(crate) use direct::{input_planes, output_planes, BlockedDirectConv};
+pub(crate) use direct::BlockedDirectConv;
 pub(crate) use pointwise::{pack as pack_pointwise, BlockedPointwise, Shape as PointwiseShape};
 
-/// Channels per block: the lanes of an AVX2 vector.
+/// Channels per block: the lanes of an AVX2 vector, half those of an AVX-512 one.
 pub(crate) const BLOCK: usize = 8;
+
+/// The kernels a blocked op runs, fixed when the plan is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Isa {
+    /// Plain Rust.
+    Plain,
+    Avx2(Avx2Fma),
+    Avx512(Avx512),
+}
+
+impl Isa {
+    /// Output blocks a pointwise tile takes at most, which the weights are packed for.
+    /// AVX2: two blocks of six pixels keep twelve accumulators, and with the two blocks'
+    /// weights and a broadcast input, 15 of the 16 registers; tiles of three and four
+    /// blocks (of four and three pixels) need 16 and 17, and the compiler spilled them to
+    /// the stack (BENCHMARKS.md). AVX-512: four blocks (two registers) of twelve pixels,
+    /// 27 of the 32 registers.
+    pub(crate) fn pointwise_group(self) -> usize {
+        match self {
+            Isa::Avx512(_) => 4,
+            Isa::Plain | Isa::Avx2(_) => 2,
+        }
+    }
+
+    /// Every path this CPU can run, for the tests.
+    #[cfg(test)]
+    pub(crate) fn supported() -> Vec<Isa> {
+        let mut all = vec![Isa::Plain];
+        all.extend(Avx2Fma::detect().map(Isa::Avx2));
+        all.extend(Avx512::detect().map(Isa::Avx512));
+        all
+    }
+}
+
+/// The input image of a layer of geometry `g`.
+pub(crate) fn input_planes(g: &Geometry) -> Planes {
+    Planes {
+        batched: g.batched,
+        channels: g.inputs,
+        height: g.height,
+        width: g.width,
+    }
+}
+
+/// The output image of a layer of geometry `g`.
+pub(crate) fn output_planes(g: &Geometry) -> Planes {
+    Planes {
+        batched: g.batched,
+        channels: g.channels,
+        height: g.out_h,
+        width: g.out_w,
+    }
+}
 
 /// The image a blocked tensor holds, and the channel-first shape it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -207,15 +275,10 @@ pub(crate) fn pack_taps(
     ))
 }
 
-/// Output blocks a pointwise tile takes: two blocks of six pixels keep twelve
-/// accumulators, and with the two blocks' weights and a broadcast input, 15 of the 16
-/// AVX2 registers. Tiles of three and four blocks (of four and three pixels) need 16 and
-/// 17 registers, and the compiler spilled them to the stack (BENCHMARKS.md).
-pub(crate) const POINTWISE_GROUP: usize = 2;
-
-/// Output blocks a stem tile takes: four blocks of three pixels. The stem reads its input
-/// once per group, with broadcasts at the stride's step, and that read costs more than
-/// the spill (BENCHMARKS.md).
+/// Output blocks a stem tile takes, on every path: with AVX2, four blocks of three pixels.
+/// The stem reads its input once per group, with broadcasts at the stride's step, and that
+/// read costs more than the spill (BENCHMARKS.md). With AVX-512, the same four blocks are
+/// two registers, of twelve pixels.
 pub(crate) const DENSE_GROUP: usize = 4;
 
 /// The output blocks each tile takes, in order, as `(first block, count)`: groups of `max`

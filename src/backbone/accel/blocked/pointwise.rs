@@ -2,8 +2,8 @@
 //!
 //! Output block `o` of pixel `p` is `clamp(bias + sum over input channels i of
 //! weights[o][i] x input[i][p])`: each input channel of a pixel is broadcast to a register
-//! and multiplied by the eight weights of an output block. A tile keeps two output blocks
-//! of six pixels in twelve registers ([`super::POINTWISE_GROUP`]); the weights are packed
+//! and multiplied by the eight weights of an output block. A tile keeps a few output blocks
+//! of several pixels in registers ([`Isa::pointwise_group`]); the weights are packed
 //! when the plan is built, a group of output blocks at a time, input-major, so the tile
 //! reads them as one stream, and the pixels are read where they are, no packing, no
 //! transposes.
@@ -11,8 +11,7 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::{groups, pack_grouped, x86_64_avx2, Planes, BLOCK, POINTWISE_GROUP};
-use crate::backbone::accel::cpu::Avx2Fma;
+use super::{groups, pack_grouped, portable, Isa, Planes, BLOCK};
 use crate::backbone::accel::op::{eval_f32, Clip};
 
 /// One pointwise layer on blocked activations, fixed when the plan is built.
@@ -40,29 +39,34 @@ impl Shape {
         self.output().blocks() * BLOCK * self.padded_inputs()
     }
 
-    /// The groups of output blocks the tiles take, as `(first block, count)`.
-    pub fn groups(&self) -> Vec<(usize, usize)> {
-        groups(self.output().blocks(), POINTWISE_GROUP)
+    /// The groups of output blocks the tiles of `isa` take, as `(first block, count)`.
+    pub fn groups(&self, isa: Isa) -> Vec<(usize, usize)> {
+        groups(self.output().blocks(), isa.pointwise_group())
     }
 }
 
-/// Packs `kernel` (`outputs x inputs`, row-major) and `bias` for [`convolve`] (see
-/// [`pack_grouped`]).
-pub(crate) fn pack(shape: &Shape, kernel: &[f32], bias: &[f32]) -> TractResult<(Tensor, Tensor)> {
+/// Packs `kernel` (`outputs x inputs`, row-major) and `bias` for [`convolve`] with `isa`
+/// (see [`pack_grouped`]).
+pub(crate) fn pack(
+    shape: &Shape,
+    isa: Isa,
+    kernel: &[f32],
+    bias: &[f32],
+) -> TractResult<(Tensor, Tensor)> {
     let (inputs, outputs) = (shape.input.channels, shape.outputs);
     pack_grouped(
         kernel,
         bias,
         (outputs, inputs),
         shape.padded_inputs(),
-        POINTWISE_GROUP,
+        isa.pointwise_group(),
     )
 }
 
 /// Runs the layer: `data` and `output` blocked, `weights` and `bias` as [`pack`] lays them
-/// out. Slices of the wrong length panic here, before any kernel runs.
+/// out for `isa`. Slices of the wrong length panic here, before any kernel runs.
 pub(crate) fn convolve(
-    isa: Avx2Fma,
+    isa: Isa,
     shape: &Shape,
     clip: (f32, f32),
     data: &[f32],
@@ -74,11 +78,21 @@ pub(crate) fn convolve(
     assert!(data.len() == shape.input.blocked_len() && output.len() == out.blocked_len());
     assert!(weights.len() == shape.weights_len() && bias.len() == out.blocks() * BLOCK);
     let (pixels, padded_inputs) = (shape.input.pixels(), shape.padded_inputs());
-    for (first, count) in shape.groups() {
+    for (first, count) in shape.groups(isa) {
         let weights = &weights[first * BLOCK * padded_inputs..][..count * BLOCK * padded_inputs];
         let bias = &bias[first * BLOCK..][..count * BLOCK];
         let output = &mut output[first * pixels * BLOCK..][..count * pixels * BLOCK];
-        x86_64_avx2::pointwise_group(isa, pixels, data, weights, bias, clip, output);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(isa) => {
+                super::x86_64_avx2::pointwise_group(isa, pixels, data, weights, bias, clip, output)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(isa) => super::x86_64_avx512::pointwise_group(
+                isa, pixels, data, weights, bias, clip, output,
+            ),
+            _ => portable::pointwise_group(pixels, data, weights, bias, clip, output),
+        }
     }
 }
 
@@ -88,7 +102,7 @@ pub(crate) struct BlockedPointwise {
     pub shape: Shape,
     /// The clamp applied as outputs are stored (a fused ReLU6).
     pub clip: Clip,
-    pub isa: Avx2Fma,
+    pub isa: Isa,
 }
 
 impl Op for BlockedPointwise {

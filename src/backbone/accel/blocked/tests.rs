@@ -1,10 +1,69 @@
-//! The blocked ops against the definitions, on every shape the kernels treat apart: whole
-//! and partial blocks, pixel and group tails, strides, padding, 3x3, 5x5 and other kernels.
+//! The blocked ops against the definitions, on every path this CPU has (plain Rust, AVX2,
+//! AVX-512) and every shape the kernels treat apart: whole and partial blocks, pixel and
+//! group tails, strides, padding, 3x3, 5x5 and other kernels.
 
 use super::*;
-use crate::backbone::accel::cpu::Avx2Fma;
-use crate::backbone::accel::direct_conv::tests::{geometry, reference, values};
-use crate::backbone::accel::direct_conv::Geometry;
+
+/// The definition, written as plainly as possible.
+pub(crate) fn reference(g: &Geometry, data: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; g.channels * g.out_h * g.out_w];
+    let planes = if g.dense { g.inputs } else { 1 };
+    for c in 0..g.channels {
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let mut sum = bias[c] as f64;
+                for p in 0..planes {
+                    let input = if g.dense { p } else { c };
+                    for ky in 0..g.kernel_h {
+                        for kx in 0..g.kernel_w {
+                            let y = (oy * g.stride_h + ky) as isize - g.pad_top as isize;
+                            let x = (ox * g.stride_w + kx) as isize - g.pad_left as isize;
+                            if y < 0 || x < 0 || y >= g.height as isize || x >= g.width as isize {
+                                continue;
+                            }
+                            let v = data[(input * g.height + y as usize) * g.width + x as usize];
+                            let k = kernel[((c * planes + p) * g.kernel_h + ky) * g.kernel_w + kx];
+                            sum += (v * k) as f64;
+                        }
+                    }
+                }
+                out[(c * g.out_h + oy) * g.out_w + ox] = sum as f32;
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn geometry(
+    size: (usize, usize),
+    kernel: usize,
+    stride: usize,
+    pads: [usize; 4],
+) -> Geometry {
+    let [top, left, bottom, right] = pads;
+    Geometry {
+        batched: true,
+        dense: false,
+        inputs: 3,
+        channels: 3,
+        height: size.0,
+        width: size.1,
+        kernel_h: kernel,
+        kernel_w: kernel,
+        stride_h: stride,
+        stride_w: stride,
+        pad_top: top,
+        pad_left: left,
+        out_h: (size.0 + top + bottom - kernel) / stride + 1,
+        out_w: (size.1 + left + right - kernel) / stride + 1,
+    }
+}
+
+pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
 
 /// The real channels of a blocked result, as planes; panics if a padding lane is not
 /// finite, as the next layer would multiply it by a zero weight.
@@ -53,11 +112,8 @@ fn conversions_round_trip() {
 
 #[test]
 fn pointwise_matches_the_definition() {
-    let Some(isa) = Avx2Fma::detect() else {
-        eprintln!("no AVX2 and FMA here: the blocked ops do not run");
-        return;
-    };
-    // Groups of 1 to 4 blocks, partial blocks in and out, pixel tails of each tile.
+    // Groups of 1 to 4 blocks, partial blocks in and out, pixel tails of each tile, more
+    // input blocks than a pass over the pixels takes.
     for (inputs, outputs) in [
         (3, 8),
         (16, 16),
@@ -65,9 +121,13 @@ fn pointwise_matches_the_definition() {
         (32, 24),
         (24, 40),
         (40, 72),
+        (16, 32),
+        (8, 56),
+        (72, 40),
+        (136, 16),
         (9, 1),
     ] {
-        for (height, width) in [(1, 1), (1, 5), (7, 7), (10, 10)] {
+        for (height, width) in [(1, 1), (1, 5), (3, 9), (5, 6), (7, 7), (10, 10)] {
             let input = Planes {
                 batched: false,
                 channels: inputs,
@@ -89,14 +149,16 @@ fn pointwise_matches_the_definition() {
             }
             let mut blocked = vec![0f32; input.blocked_len()];
             to_blocked(&input, &data, &mut blocked);
-            let (weights, padded) = pointwise::pack(&shape, &kernel, &bias).unwrap();
-            let weights = floats(&weights);
-            let padded = floats(&padded);
-            for clip in CLIPS {
-                let mut out = vec![f32::NAN; shape.output().blocked_len()];
-                pointwise::convolve(isa, &shape, clip, &blocked, &weights, &padded, &mut out);
-                let what = format!("{shape:?}");
-                assert_close(&what, &planes_of(&shape.output(), &out), &expected, clip);
+            for isa in Isa::supported() {
+                let (weights, padded) = pointwise::pack(&shape, isa, &kernel, &bias).unwrap();
+                let weights = floats(&weights);
+                let padded = floats(&padded);
+                for clip in CLIPS {
+                    let mut out = vec![f32::NAN; shape.output().blocked_len()];
+                    pointwise::convolve(isa, &shape, clip, &blocked, &weights, &padded, &mut out);
+                    let what = format!("{isa:?} {shape:?}");
+                    assert_close(&what, &planes_of(&shape.output(), &out), &expected, clip);
+                }
             }
         }
     }
@@ -134,10 +196,6 @@ fn depthwise_cases() -> Vec<Geometry> {
 
 #[test]
 fn depthwise_matches_the_definition() {
-    let Some(isa) = Avx2Fma::detect() else {
-        eprintln!("no AVX2 and FMA here: the blocked ops do not run");
-        return;
-    };
     for g in depthwise_cases() {
         let (input, output) = (input_planes(&g), output_planes(&g));
         let data = values(g.channels * input.pixels(), 7);
@@ -149,25 +207,20 @@ fn depthwise_matches_the_definition() {
         let (packed, padded) = pack_taps(&kernel, &bias, g.channels, taps).unwrap();
         let packed = floats(&packed);
         let padded = floats(&padded);
-        for clip in CLIPS {
+        for (isa, clip) in Isa::supported()
+            .into_iter()
+            .flat_map(|i| CLIPS.map(|c| (i, c)))
+        {
             let mut out = vec![f32::NAN; output.blocked_len()];
             depthwise::convolve(isa, &g, clip, &blocked, &packed, &padded, &mut out);
-            assert_close(
-                &format!("{g:?}"),
-                &planes_of(&output, &out),
-                &expected,
-                clip,
-            );
+            let what = format!("{isa:?} {g:?}");
+            assert_close(&what, &planes_of(&output, &out), &expected, clip);
         }
     }
 }
 
 #[test]
 fn dense_matches_the_definition() {
-    let Some(isa) = Avx2Fma::detect() else {
-        eprintln!("no AVX2 and FMA here: the blocked ops do not run");
-        return;
-    };
     // MobileNet's stem, and groups of 1 to 4 blocks and more, partial blocks, pixel tails.
     let cases = [
         (geometry((224, 224), 3, 2, [0, 0, 1, 1]), 3, 32),
@@ -191,15 +244,14 @@ fn dense_matches_the_definition() {
         let (weights, padded) = pack_dense(&g, &kernel, &bias).unwrap();
         let weights = floats(&weights);
         let padded = floats(&padded);
-        for clip in CLIPS {
+        for (isa, clip) in Isa::supported()
+            .into_iter()
+            .flat_map(|i| CLIPS.map(|c| (i, c)))
+        {
             let mut out = vec![f32::NAN; output.blocked_len()];
             dense::convolve(isa, &g, clip, &data, &weights, &padded, &mut out);
-            assert_close(
-                &format!("{g:?}"),
-                &planes_of(&output, &out),
-                &expected,
-                clip,
-            );
+            let what = format!("{isa:?} {g:?}");
+            assert_close(&what, &planes_of(&output, &out), &expected, clip);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use super::BLOCK;
 use crate::backbone::accel::cpu::Avx2Fma;
-use crate::backbone::accel::direct_conv::Geometry;
+use crate::backbone::accel::layer::Geometry;
 
 /// One group of output blocks of a pointwise layer over every pixel: `data` is `inputs / 8
 /// x pixels x 8`, `weights` `inputs x count x 8` (`inputs` a whole number of blocks),
@@ -221,20 +221,21 @@ pub(super) fn depthwise_block(
     }
 }
 
-/// The pointers of [`depthwise_block`], checked there.
+/// The pointers of [`depthwise_block`], checked there (and in the AVX-512 kernels', which
+/// take the borders with [`depthwise_tile`]).
 #[derive(Clone, Copy)]
-struct Depthwise {
-    g: Geometry,
-    data: *const f32,
-    taps: *const f32,
-    output: *mut f32,
+pub(super) struct Depthwise {
+    pub g: Geometry,
+    pub data: *const f32,
+    pub taps: *const f32,
+    pub output: *mut f32,
 }
 
 /// Rows of taps `ky_lo..ky_hi` and columns `kx_lo..kx_hi` that fall inside the input for
 /// the output pixel whose first tap is at `(iy, ix)` (either may be negative, in the
 /// padding).
 #[inline(always)]
-fn inside(start: isize, kernel: usize, size: usize) -> (usize, usize) {
+pub(super) fn inside(start: isize, kernel: usize, size: usize) -> (usize, usize) {
     let low = (-start).clamp(0, kernel as isize) as usize;
     let high = (size as isize - start).clamp(0, kernel as isize) as usize;
     (low, high.max(low))
@@ -300,7 +301,7 @@ unsafe fn depthwise<const K: usize>(d: Depthwise, bias: __m256, (low, high): (f3
 /// (see [`depthwise`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_tile<const K: usize, const PX: usize>(
+pub(super) unsafe fn depthwise_tile<const K: usize, const PX: usize>(
     d: &Depthwise,
     iy: isize,
     (ky_lo, ky_hi): (usize, usize),
@@ -354,12 +355,10 @@ unsafe fn depthwise_tile<const K: usize, const PX: usize>(
 /// `scratch` is the input planes zero-padded to `rows x cols` each (`rows` and `cols`
 /// those some output reads), `weights` `taps x count x 8` with taps in OIHW order, `bias`
 /// `count x 8`, `output` `count x OH x OW x 8`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn dense_group(
     isa: Avx2Fma,
     g: &Geometry,
-    scratch: &[f32],
-    (rows, cols): (usize, usize),
+    (scratch, (rows, cols)): (&[f32], (usize, usize)),
     weights: &[f32],
     bias: &[f32],
     clip: (f32, f32),
