@@ -17,12 +17,17 @@
 //!   the pointwise ones, each reading and writing planes. Their 512-bit kernels have no
 //!   blocked counterpart yet; `FLOWERS_KERNELS=avx2` runs the blocked ops on those CPUs.
 //!
+//! TensorFlow graphs (retrain.py's MobileNets: NHWC activations, HWIO kernels, batch
+//! normalisation as a `Mul` and an `Add`) are first rewritten in that channel-first form
+//! ([`channels_first`]), so the same ops take them.
+//!
 //! Layout, as in tract's linalg: each op's portable code lives apart from its
 //! ISA-specific kernels (`x86_64_avx2.rs`), which can only be reached with the [`cpu`]
 //! token that proves the CPU has the features they are compiled for.
 
 #[cfg(target_arch = "x86_64")]
 mod blocked;
+mod channels_first;
 mod cpu;
 mod direct_conv;
 mod lanes;
@@ -63,6 +68,8 @@ fn apply_kernels(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize>
     }
     // Folds constant subgraphs (casts of the biases, say), so the constant inputs show.
     model.prop_consts()?;
+    // TensorFlow's NHWC layers, in the form the layers below are recognised in.
+    channels_first::rewrite(model, |model, node| Ok(Layer::of(model, node)?.is_some()))?;
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
