@@ -17,7 +17,9 @@
 # rounds. Times are whole processes (TensorFlow's import and graph load included);
 # the script's own loop time (first photo to last bottleneck) is reported beside it.
 # Prints the medians and the median of the rounds' TensorFlow/flowers ratios (above 1 =
-# flowers is faster), and per-image milliseconds for the one-thread runs.
+# flowers is faster) of wall time, of the script's loop against flowers' whole process, and
+# of CPU time (user + system: steadier on a shared machine), and per-image milliseconds for
+# the one-thread runs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -54,19 +56,21 @@ run_flowers() { # run_flowers SIZE THREADS
     local cache="$WORK/cache" threads=()
     rm -rf "$cache"
     [ "$2" = all ] || threads=(--threads "$2")
-    seconds "$FLOWERS" extract --architecture "mobilenet_0.25_$1" \
+    timed "$FLOWERS" extract --architecture "mobilenet_0.25_$1" \
         --model-dir "$WORK/models-$1" --image-dir "$IMAGE_DIR" --bottleneck-dir "$cache" \
         "${threads[@]}" -q
 }
 
-run_tf() { # run_tf SIZE THREADS: whole-process seconds; the loop's seconds to $WORK/loop
-    local start end threads=$2
+timed() { # timed COMMAND...: "wall cpu" seconds of one run (cpu = user + system)
+    /usr/bin/time -f '%e %U %S' -o "$WORK/time" "$@" >"$WORK/out" 2>/dev/null
+    awk '{print $1, $2 + $3}' "$WORK/time"
+}
+
+run_tf() { # run_tf SIZE THREADS: as timed; the loop's seconds to $WORK/loop
+    local threads=$2
     [ "$threads" = all ] && threads=2
-    start=$(date +%s.%N)
-    python3 bench/tensorflow_extract.py "$(archive "$1")" "$IMAGE_DIR" --threads "$threads" \
-        2>/dev/null | awk '{print $4}' >"$WORK/loop"
-    end=$(date +%s.%N)
-    echo "$end - $start" | bc -l
+    timed python3 bench/tensorflow_extract.py "$(archive "$1")" "$IMAGE_DIR" --threads "$threads"
+    awk '{print $4, $8}' "$WORK/out" >"$WORK/loop"
 }
 
 : >"$WORK/rows"
@@ -79,12 +83,14 @@ for round in $(seq 1 "$ROUNDS"); do
                     f=$(run_flowers "$size" "$threads")
                 else
                     t=$(run_tf "$size" "$threads")
-                    loop=$(cat "$WORK/loop")
+                    read -r loop loop_cpu <"$WORK/loop"
                 fi
             done
-            printf 'round %s, %s, threads %s (%s): flowers %.3f s, TensorFlow %.3f s (loop %.3f s)\n' \
-                "$round" "$size" "$threads" "$order" "$f" "$t" "$loop"
-            echo "$size $threads $f $t $loop" >>"$WORK/rows"
+            read -r fw fc <<<"$f"
+            read -r tw tc <<<"$t"
+            printf 'round %s, %s, threads %s (%s): flowers %.3f s (cpu %.2f), TensorFlow %.3f s (cpu %.2f; loop %.3f s, cpu %.2f)\n' \
+                "$round" "$size" "$threads" "$order" "$fw" "$fc" "$tw" "$tc" "$loop" "$loop_cpu"
+            echo "$size $threads $fw $tw $loop $fc $tc $loop_cpu" >>"$WORK/rows"
         done
     done
 done
@@ -98,12 +104,17 @@ for size in $SIZES; do
         loop=$(rows | awk '{print $5}' | median)
         ratio=$(rows | awk '{print $4 / $3}' | median)
         loop_ratio=$(rows | awk '{print $5 / $3}' | median)
-        printf 'mobilenet_0.25_%s, threads %s: flowers %.3f s, TensorFlow %.3f s (loop %.3f s); TensorFlow/flowers %.3f (loop only %.3f)' \
-            "$size" "$threads" "$f" "$t" "$loop" "$ratio" "$loop_ratio"
+        cpu=$(rows | awk '{print $7 / $6}' | median)
+        loop_cpu=$(rows | awk '{print $8 / $6}' | median)
+        printf 'mobilenet_0.25_%s, threads %s: flowers %.3f s, TensorFlow %.3f s (loop %.3f s); TensorFlow/flowers %.3f (loop only %.3f; cpu time %.3f, loop only %.3f)' \
+            "$size" "$threads" "$f" "$t" "$loop" "$ratio" "$loop_ratio" "$cpu" "$loop_cpu"
         if [ "$threads" = 1 ]; then
-            printf '; per image: flowers %.2f ms, TensorFlow %.2f ms (loop %.2f ms)' \
+            fc=$(rows | awk '{print $6}' | median)
+            lc=$(rows | awk '{print $8}' | median)
+            printf '; per image: flowers %.2f ms, TensorFlow %.2f ms (loop %.2f ms); cpu per image: flowers %.2f ms, TensorFlow loop %.2f ms' \
                 "$(echo "1000 * $f / $IMAGES" | bc -l)" "$(echo "1000 * $t / $IMAGES" | bc -l)" \
-                "$(echo "1000 * $loop / $IMAGES" | bc -l)"
+                "$(echo "1000 * $loop / $IMAGES" | bc -l)" "$(echo "1000 * $fc / $IMAGES" | bc -l)" \
+                "$(echo "1000 * $lc / $IMAGES" | bc -l)"
         fi
         echo
     done

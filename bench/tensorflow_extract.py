@@ -10,9 +10,10 @@ one thread, for per-image figures.
 Usage: tensorflow_extract.py ARCHIVE.tgz|frozen_graph.pb IMAGE_DIR
            [--threads N] [--output TENSOR] [--save OUT.npy] [--size N]
 
-Prints to stdout one line: `images N seconds S per_image_ms M`, S timed from the first
-photo read to the last bottleneck (TensorFlow's import and the graph load excluded; the
-whole process is what bench/tensorflow_ab.sh times).
+Prints to stdout one line: `images N seconds S per_image_ms M cpu_seconds C`, S (wall) and C
+(CPU time of the whole process over that span, every thread) timed from the first photo
+read to the last bottleneck: TensorFlow's import and the graph load excluded; the whole
+process is what bench/tensorflow_ab.sh times.
 """
 import argparse
 import os
@@ -88,7 +89,7 @@ def main():
         length = int(np.prod(shape.get_tensor_by_name(args.output).shape.as_list()[1:]))
     out = np.empty((len(paths), length), np.float32)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     workers = [
         threading.Thread(
             target=run,
@@ -101,10 +102,11 @@ def main():
         w.start()
     for w in workers:
         w.join()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if args.save:
         np.save(args.save, out)
-    print(f"images {len(paths)} seconds {seconds:.3f} per_image_ms {1000 * seconds / len(paths):.3f}")
+    per_image = 1000 * seconds / len(paths)
+    print(f"images {len(paths)} seconds {seconds:.3f} per_image_ms {per_image:.3f} cpu_seconds {cpu:.3f}")
 
 
 if __name__ == "__main__":
