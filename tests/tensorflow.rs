@@ -246,3 +246,35 @@ fn an_inception_graph_without_metadata_is_fed_at_mul_with_299_pixels() {
     let probabilities = loaded.probabilities(&photo_bytes(photo)).unwrap();
     assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
 }
+
+/// Whether plans run flowers' own ops here: an x86 CPU with AVX2 and FMA, and
+/// `FLOWERS_KERNELS` not asking for tract's plan.
+fn flowers_ops_expected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let capable = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let capable = false;
+    capable && std::env::var("FLOWERS_KERNELS").as_deref() != Ok("portable")
+}
+
+/// retrain.py's NHWC graphs, frozen and quantized, run flowers' ops from the stem to the
+/// pooling (a stem, 13 depthwise and 13 pointwise layers), not tract's generic ones; the
+/// tests above check their bottlenecks against TensorFlow's.
+#[test]
+fn genuine_mobilenet_runs_flowers_own_layers() {
+    let model_dir = mobilenet_model_dir();
+    let expected = |layers: usize| if flowers_ops_expected() { layers } else { 0 };
+    let pooled = mobilenet(model_dir.path(), None).extractor().unwrap();
+    assert_eq!(pooled.flowers_layers, expected(27));
+    let logits = mobilenet(model_dir.path(), Some("MobilenetV1/Predictions/Reshape"));
+    assert_eq!(logits.extractor().unwrap().flowers_layers, expected(27));
+    let file = model_dir
+        .path()
+        .join("mobilenet_v1_0.25_224/quantized_graph.pb");
+    let overrides = Overrides {
+        bottleneck_tensor: Some("MobilenetV1/Predictions/Reshape".into()),
+        ..Default::default()
+    };
+    let quantized = Backbone::load(&ModelSource::File(file), &overrides).unwrap();
+    assert_eq!(quantized.extractor().unwrap().flowers_layers, expected(27));
+}

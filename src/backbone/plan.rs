@@ -51,6 +51,10 @@ pub struct Plan {
     pub output_len: usize,
     /// How images become this plan's input.
     pub preprocessing: Preprocessing,
+    /// How many layers run flowers' own ops instead of tract's (none where the CPU, or
+    /// `FLOWERS_KERNELS=portable`, keeps tract's plan): how tests see that a graph, a
+    /// TensorFlow one say, took the fast path.
+    pub flowers_layers: usize,
 }
 
 impl Plan {
@@ -111,7 +115,7 @@ impl Plan {
                 quote(output)
             );
         }
-        super::accel::apply(&mut model)?;
+        let flowers_layers = super::accel::apply(&mut model)?;
         let model = model.into_optimized()?;
         let fact = model.output_fact(0)?;
         let dims = fact
@@ -130,6 +134,7 @@ impl Plan {
             runnable: model.into_runnable()?,
             output_len,
             preprocessing: preprocessing.clone(),
+            flowers_layers,
         })
     }
 

@@ -14,12 +14,17 @@
 //! planes once, for the pooling. Its kernels come in plain Rust, AVX2 + FMA and AVX-512F
 //! flavours, over the same layouts, so the graph surgery is the same on every path.
 //!
+//! TensorFlow graphs (retrain.py's MobileNets: NHWC activations, HWIO kernels, batch
+//! normalisation as a `Mul` and an `Add`) are first rewritten in that channel-first form
+//! ([`channels_first`]), so the same ops take them.
+//!
 //! Layout, as in tract's linalg: the matching ([`layer`]) apart from the ops, each op's
 //! tract glue apart from its kernels, and the ISA-specific kernels (`x86_64_avx2.rs`,
 //! `x86_64_avx512.rs`) reachable only with the [`cpu`] token that proves the CPU has the
 //! features they are compiled for.
 
 mod blocked;
+mod channels_first;
 mod cpu;
 mod layer;
 mod op;
@@ -60,6 +65,8 @@ fn apply_kernels(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize>
     };
     // Folds constant subgraphs (casts of the biases, say), so the constant inputs show.
     model.prop_consts()?;
+    // TensorFlow's NHWC layers, in the form the layers below are recognised in.
+    channels_first::rewrite(model, |model, node| Ok(Layer::of(model, node)?.is_some()))?;
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
