@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::backbone::{Fetch, ModelSource, Overrides};
+use crate::backbone::{Choice, Fetch, ModelSource, Overrides};
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
 use crate::graph::tflite::quantize::{Io, Precision, QuantizeOptions};
@@ -169,17 +169,14 @@ pub struct ExtractArgs {
 
 impl ExtractArgs {
     fn into_options(self, quiet: bool) -> Result<options::ExtractOptions, String> {
-        if let Some(name) = &self.backbone.architecture {
-            crate::backbone::registry::find(name).map_err(|e| e.to_string())?;
-        }
+        let backbones = self.backbone.choices(quiet)?;
         let shard = shard_from(self.shard.as_deref(), self.shards, |name| {
             std::env::var(name).ok()
         })?;
         Ok(options::ExtractOptions {
             image_dir: self.image_dir,
             bottleneck_dir: self.bottleneck_dir.unwrap_or_else(default_bottleneck_dir),
-            model: self.backbone.source(quiet),
-            overrides: self.backbone.overrides()?,
+            backbones,
             threads: self.threads.map(|t| t as usize),
             shard,
             json: self.json,
@@ -540,12 +537,10 @@ pub struct BackboneArgs {
     /// (TensorFlow), ONNX model zoo classifiers; `flowers architectures` lists them.
     /// Without it flowers uses its embedded MobileNet v1 1.0 224 and works offline; this
     /// is where it differs from retrain.py, whose default was inception_v3.
-    #[arg(
-        long,
-        alias = "architecture",
-        value_name = "NAME",
-        conflicts_with = "model"
-    )]
+    ///
+    /// Several backbones side by side: `A+B[+C]` (each image goes through each, the final
+    /// layer sees their bottlenecks joined); `--model` files are added after them.
+    #[arg(long, alias = "architecture", value_name = "NAME[+NAME...]")]
     pub architecture: Option<String>,
 
     /// Where downloaded backbones are kept [default: the per-user cache, e.g.
@@ -570,9 +565,11 @@ pub struct BackboneArgs {
     pub max_download_size: Option<u64>,
 
     /// A backbone file instead of the embedded MobileNet v1: an ONNX image classifier or a
-    /// TensorFlow frozen graph (.pb, with --bottleneck-tensor unless known).
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    /// TensorFlow frozen graph (.pb, with --bottleneck-tensor unless known). Given more
+    /// than once, the backbones are used side by side (ONNX only), each with its own
+    /// preprocessing: `FILE:mean=V|R,G,B,std=V|R,G,B,resize=RULE,bottleneck=NAME`.
+    #[arg(long, value_name = "FILE[:KEY=VALUE,...]")]
+    pub model: Vec<PathBuf>,
 
     /// The backbone's pooled feature tensor (or node) [default: found automatically].
     #[arg(long, alias = "bottleneck_tensor", value_name = "NAME")]
@@ -770,9 +767,7 @@ impl RetrainArgs {
         }
         let quantize = self.quantize.into_options(None)?;
         self.not_supported.check()?;
-        if let Some(name) = &self.backbone.architecture {
-            crate::backbone::registry::find(name).map_err(|e| e.to_string())?;
-        }
+        let backbones = self.backbone.choices(quiet)?;
         split_percentages(self.testing_percentage, self.validation_percentage)?;
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(format!(
@@ -826,8 +821,7 @@ impl RetrainArgs {
             validation_percentage: self.validation_percentage,
             print_misclassified_test_images: self.print_misclassified_test_images,
             final_tensor_name: self.final_tensor_name,
-            model: self.backbone.source(quiet),
-            overrides: self.backbone.overrides()?,
+            backbones,
             threads: self.threads.map(|t| t as usize),
             summaries_dir: self.summaries_dir,
             report_dir: self.report_dir,
@@ -841,17 +835,49 @@ impl RetrainArgs {
 }
 
 impl BackboneArgs {
-    fn source(&self, quiet: bool) -> ModelSource {
-        match (&self.model, &self.architecture) {
-            (Some(path), _) => ModelSource::File(path.clone()),
-            (None, Some(name)) => ModelSource::Architecture(Fetch {
-                name: name.clone(),
-                model_dir: self.model_dir.clone().unwrap_or_else(default_model_dir),
-                base_url: self.model_base_url.clone(),
-                quiet,
-                max_download_size: self.max_download_size,
-            }),
-            (None, None) => ModelSource::Embedded,
+    /// The backbones asked for, in order: each name of `--architecture A+B`, then each
+    /// `--model`; the embedded default when neither is given. With several, the
+    /// preprocessing flags go with each `--model FILE:key=value,...` instead.
+    fn choices(&self, quiet: bool) -> Result<Vec<Choice>, String> {
+        let mut choices = Vec::new();
+        if let Some(names) = &self.architecture {
+            for name in architecture_names(names)? {
+                choices.push(Choice {
+                    source: ModelSource::Architecture(self.fetch(name, quiet)),
+                    overrides: Overrides::default(),
+                });
+            }
+        }
+        for model in &self.model {
+            let (path, overrides) = model_with_overrides(model)?;
+            choices.push(Choice {
+                source: ModelSource::File(path),
+                overrides,
+            });
+        }
+        if choices.is_empty() {
+            choices.push(Choice::embedded());
+        }
+        let flags = self.overrides()?;
+        match choices.as_mut_slice() {
+            [only] => only.overrides = merged(&only.overrides, flags),
+            _ if flags != Overrides::default() => {
+                return Err(
+                    "--input-mean, --input-std, --resize and --bottleneck-tensor apply to one backbone: with several, give them with each --model FILE:mean=V,std=V,resize=RULE,bottleneck=NAME".into(),
+                )
+            }
+            _ => {}
+        }
+        Ok(choices)
+    }
+
+    fn fetch(&self, name: &str, quiet: bool) -> Fetch {
+        Fetch {
+            name: name.to_string(),
+            model_dir: self.model_dir.clone().unwrap_or_else(default_model_dir),
+            base_url: self.model_base_url.clone(),
+            quiet,
+            max_download_size: self.max_download_size,
         }
     }
 
@@ -877,6 +903,97 @@ impl BackboneArgs {
             resize: self.resize.as_deref().map(ResizeRule::parse).transpose()?,
         })
     }
+}
+
+/// The flags of a single `--model` (or `--architecture`) where its own `:key=value` gave
+/// none: both ways of saying it work for one backbone.
+fn merged(own: &Overrides, flags: Overrides) -> Overrides {
+    Overrides {
+        bottleneck_tensor: own.bottleneck_tensor.clone().or(flags.bottleneck_tensor),
+        mean: own.mean.or(flags.mean),
+        std: own.std.or(flags.std),
+        resize: own.resize.or(flags.resize),
+    }
+}
+
+/// The names of `--architecture A+B+...`, each one the registry knows.
+fn architecture_names(text: &str) -> Result<Vec<&str>, String> {
+    let names: Vec<&str> = text.split('+').map(str::trim).collect();
+    for name in &names {
+        if name.is_empty() {
+            return Err(format!(
+                "--architecture {text:?} has an empty name: join names with + (e.g. mobilenet_v1_1.0_224+efficientnet_lite0)"
+            ));
+        }
+        if let Err(e) = crate::backbone::registry::find(name) {
+            return Err(match names.len() {
+                1 => e.to_string(),
+                _ => format!("in --architecture {text:?}: {e}"),
+            });
+        }
+    }
+    Ok(names)
+}
+
+/// The keys `--model FILE:key=value,...` takes.
+const MODEL_KEYS: [&str; 4] = ["mean", "std", "resize", "bottleneck"];
+
+/// `--model FILE[:mean=V|R,G,B][,std=...][,resize=RULE][,bottleneck=NAME]`: the file and
+/// its own preprocessing. The options begin at the first `:key=` of a known key, so file
+/// names with colons still work; a value's commas (`mean=123.7,116.3,103.5`) stay in it.
+fn model_with_overrides(model: &std::path::Path) -> Result<(PathBuf, Overrides), String> {
+    let Some(text) = model.to_str() else {
+        return Ok((model.to_path_buf(), Overrides::default()));
+    };
+    let start = MODEL_KEYS
+        .iter()
+        .filter_map(|key| text.find(&format!(":{key}=")))
+        .min();
+    let Some(start) = start else {
+        return Ok((model.to_path_buf(), Overrides::default()));
+    };
+    let (path, options) = (&text[..start], &text[start + 1..]);
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for token in options.split(',') {
+        match (token.split_once('='), pairs.last_mut()) {
+            (Some((key, value)), _) if MODEL_KEYS.contains(&key) => {
+                pairs.push((key, value.to_string()))
+            }
+            (Some((key, _)), _) if !key.contains(|c: char| c.is_ascii_digit() || c == '.') => {
+                return Err(format!(
+                    "--model {text:?}: unknown option {key:?}; it takes {}",
+                    MODEL_KEYS.join(", ")
+                ))
+            }
+            (_, Some((_, value))) => {
+                value.push(',');
+                value.push_str(token);
+            }
+            (_, None) => return Err(format!("--model {text:?}: options begin with a key=")),
+        }
+    }
+    let mut overrides = Overrides::default();
+    for (key, value) in pairs {
+        let flag = format!("--model {path}:{key}");
+        match key {
+            "mean" => {
+                let mean = parse_channels(&value, &flag)?;
+                pixel_mean(&mean, &flag)?;
+                overrides.mean = Some(mean);
+            }
+            "std" => {
+                let std = parse_channels(&value, &flag)?;
+                pixel_std(&std, &flag)?;
+                overrides.std = Some(std);
+            }
+            "resize" => {
+                let rule = ResizeRule::parse(&value).map_err(|e| format!("{flag}: {e}"))?;
+                overrides.resize = Some(rule);
+            }
+            _ => overrides.bottleneck_tensor = Some(value),
+        }
+    }
+    Ok((PathBuf::from(path), overrides))
 }
 
 /// `-1` means the whole set.
@@ -1067,6 +1184,47 @@ mod tests {
         assert!(threads("-3").is_err());
         assert!(input_side("224").is_ok());
         assert!(input_side("100000").is_err());
+    }
+
+    #[test]
+    fn each_model_takes_its_own_preprocessing_after_a_colon() {
+        let parse = |text: &str| model_with_overrides(std::path::Path::new(text));
+        let (path, overrides) = parse("a:b/lite.onnx").unwrap();
+        assert_eq!(
+            (path, overrides),
+            (PathBuf::from("a:b/lite.onnx"), Overrides::default())
+        );
+        let (path, overrides) = parse(
+            "m:1.onnx:mean=123.675,116.28,103.53,std=58,resize=center-crop:0.9,bottleneck=pool",
+        )
+        .unwrap();
+        assert_eq!(path, PathBuf::from("m:1.onnx"));
+        assert_eq!(overrides.mean, Some([123.675, 116.28, 103.53]));
+        assert_eq!(overrides.std, Some([58.0; 3]));
+        assert_eq!(overrides.resize, Some(ResizeRule::CenterCrop(0.9)));
+        assert_eq!(overrides.bottleneck_tensor.as_deref(), Some("pool"));
+        for (bad, says) in [
+            ("m.onnx:mean=1,2", "m.onnx:mean"),
+            ("m.onnx:std=0", "m.onnx:std"),
+            ("m.onnx:resize=zoom", "m.onnx:resize"),
+            ("m.onnx:mean=1,colour=red", "unknown option \"colour\""),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn combinations_are_names_joined_by_plus() {
+        assert_eq!(
+            architecture_names("mobilenet_v1_1.0_224+mobilenet_0.25_128").unwrap(),
+            ["mobilenet_v1_1.0_224", "mobilenet_0.25_128"]
+        );
+        let unknown = architecture_names("mobilenet_v1_1.0_224+nosuchnet").unwrap_err();
+        assert!(unknown.contains("\"nosuchnet\"") && unknown.contains("flowers architectures"));
+        assert!(architecture_names("+mobilenet_v1_1.0_224")
+            .unwrap_err()
+            .contains("empty name"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::backbone::{ModelSource, Overrides};
+use crate::backbone::Choice;
 use crate::bottleneck::Shard;
 use crate::graph::classifier::LabelImageFlags;
 use crate::graph::tflite::quantize::QuantizeOptions;
@@ -43,8 +43,8 @@ pub struct TfliteOptions {
 pub struct ExtractOptions {
     pub image_dir: PathBuf,
     pub bottleneck_dir: PathBuf,
-    pub model: ModelSource,
-    pub overrides: Overrides,
+    /// The backbones, in order: one, or several side by side.
+    pub backbones: Vec<Choice>,
     pub threads: Option<usize>,
     /// `None`: every image.
     pub shard: Option<Shard>,
@@ -73,8 +73,8 @@ pub struct RetrainOptions {
     pub validation_percentage: f64,
     pub print_misclassified_test_images: bool,
     pub final_tensor_name: String,
-    pub model: ModelSource,
-    pub overrides: Overrides,
+    /// The backbones, in order: one, or several side by side.
+    pub backbones: Vec<Choice>,
     /// `None`: all cores.
     pub threads: Option<usize>,
     /// TensorBoard event files go to `<dir>/train` and `<dir>/validation`.

@@ -224,6 +224,7 @@ fn flowers_agrees_with_tensorflow_lite_on_the_recorded_file() {
         backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
         input: None,
         output: None,
+        inputs: Vec::new(),
     };
     let bytes = export::tflite_file(&graph, &metadata, "fixture").unwrap();
     let lite =

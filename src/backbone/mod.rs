@@ -1,13 +1,14 @@
 //! The frozen, ImageNet-pretrained CNN: loading it, knowing its preprocessing, finding its
 //! bottleneck, and running it through tract.
 //!
-//! [`registry`] names the known architectures, [`download`] fetches them, [`onnx`] and
+//! [`registry`] names the known architectures, [`combined`] puts several side by side, [`download`] fetches them, [`onnx`] and
 //! [`tensorflow`] read the two formats, [`limits`] bounds what a graph file may ask for,
 //! [`plan`] builds tract's runnable plan, and [`accel`] swaps flowers' own convolution ops
 //! into it. Loading runs behind the panic guard: a panic in a dependency on a damaged
 //! file becomes a one-line error naming it.
 
 pub(crate) mod accel;
+pub mod combined;
 pub mod download;
 pub mod limits;
 pub mod names;
@@ -25,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb::ModelProto;
 
 pub use accel::apply as accelerate;
+pub use combined::{Backbones, Choice};
 pub use plan::Plan;
 pub use registry::{Architecture, ModelFormat, DEFAULT_MODEL};
 
@@ -60,7 +62,7 @@ pub struct Fetch {
 }
 
 /// What the user may override about a backbone's preprocessing.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
     pub bottleneck_tensor: Option<String>,
     pub mean: Option<[f32; 3]>,

@@ -4,8 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::combined::name_prefix;
 use super::tensorflow::{node_name, METADATA_NODE};
-use super::{Backbone, BackboneGraph};
+use super::{Backbone, BackboneGraph, Backbones};
 
 /// Name prefixes of the nodes flowers appends (ONNX and TensorFlow exports).
 const RESERVED_PREFIXES: [&str; 2] = ["final_layer/", "final_retrain_ops/"];
@@ -14,7 +15,7 @@ const RESERVED_PREFIXES: [&str; 2] = ["final_layer/", "final_retrain_ops/"];
 /// nodes up to the bottleneck, their tensors, the graph's inputs), or by what flowers
 /// adds besides the final tensor.
 pub fn is_taken(backbone: &Backbone, name: &str) -> bool {
-    if name == METADATA_NODE || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+    if is_taken_by_flowers(name) {
         return true;
     }
     match &backbone.graph {
@@ -26,6 +27,24 @@ pub fn is_taken(backbone: &Backbone, name: &str) -> bool {
             tensorflow_names(&graph.node, &backbone.bottleneck).contains(name)
         }
     }
+}
+
+/// [`is_taken`] for the graph of `backbones`: a combination's graph names backbone `i`'s
+/// tensors with [`name_prefix`]`(i)` before them.
+pub fn is_taken_in(backbones: &Backbones, name: &str) -> bool {
+    if let Some(only) = backbones.single() {
+        return is_taken(only, name);
+    }
+    is_taken_by_flowers(name)
+        || backbones.parts().iter().enumerate().any(|(i, backbone)| {
+            name.strip_prefix(&name_prefix(i))
+                .is_some_and(|inner| is_taken(backbone, inner))
+        })
+}
+
+/// Names flowers adds itself.
+fn is_taken_by_flowers(name: &str) -> bool {
+    name == METADATA_NODE || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// The tensor names of the ONNX nodes the bottleneck depends on, and the graph's inputs.

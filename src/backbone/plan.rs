@@ -49,12 +49,15 @@ pub struct Plan {
     runnable: Arc<TypedRunnableModel>,
     /// Number of values in one output (the batch dimension removed).
     pub output_len: usize,
-    /// How images become this plan's input.
+    /// How images become this plan's input (its first, for a graph of several).
     pub preprocessing: Preprocessing,
     /// How many layers run flowers' own ops instead of tract's (none where the CPU, or
     /// `FLOWERS_KERNELS=portable`, keeps tract's plan): how tests see that a graph, a
     /// TensorFlow one say, took the fast path.
     pub flowers_layers: usize,
+    /// A graph of combined backbones takes several inputs: how images become each, in
+    /// the order [`Plan::run_all`] takes them. One entry for every other graph.
+    pub inputs: Vec<Preprocessing>,
 }
 
 impl Plan {
@@ -67,10 +70,20 @@ impl Plan {
         preprocessing: &Preprocessing,
         output: &str,
     ) -> Result<Plan> {
+        Plan::with_inputs(proto, &[(None, preprocessing)], output)
+    }
+
+    /// [`Plan::new`] for a graph of several named inputs (a combined graph's), each
+    /// shaped by its preprocessing; an unnamed one is the graph's input of its position.
+    pub fn with_inputs(
+        proto: Cow<'_, ModelProto>,
+        inputs: &[(Option<&str>, &Preprocessing)],
+        output: &str,
+    ) -> Result<Plan> {
         prefer_fastest_matmul_kernels();
         let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
         drop(proto);
-        Plan::finish(model, preprocessing, output)
+        Plan::finish(model, inputs, output)
     }
 
     /// The same for a TensorFlow frozen graph, cut at `input` (a tensor the image is fed
@@ -86,16 +99,19 @@ impl Plan {
         let graph = super::tensorflow::for_tract(graph, input, output, [1, h, w, 3])?;
         let model = tract_tensorflow::tensorflow().model_for_proto_model(&graph)?;
         drop(graph);
-        Plan::finish(model, preprocessing, super::tensorflow::node_name(output))
+        Plan::finish(
+            model,
+            &[(None, preprocessing)],
+            super::tensorflow::node_name(output),
+        )
     }
 
     /// Fixes the input shape and the output, swaps flowers' ops in, and optimises.
-    fn finish(model: InferenceModel, preprocessing: &Preprocessing, output: &str) -> Result<Plan> {
-        let (h, w) = (preprocessing.height as usize, preprocessing.width as usize);
-        let shape = match preprocessing.layout {
-            Layout::Nchw => [1, 3, h, w],
-            Layout::Nhwc => [1, h, w, 3],
-        };
+    fn finish(
+        mut model: InferenceModel,
+        inputs: &[(Option<&str>, &Preprocessing)],
+        output: &str,
+    ) -> Result<Plan> {
         // An output cut from the input (a constant, say) leaves tract a graph without one.
         if model.input_outlets()?.is_empty() {
             bail!(
@@ -103,10 +119,23 @@ impl Plan {
                 quote(output)
             );
         }
-        let mut model = model
-            .with_input_fact(0, f32::fact(shape).into())?
-            .with_outputs_by_name([output])?
-            .into_typed()?;
+        let mut ordered: Vec<(usize, Preprocessing)> = Vec::new();
+        for (position, (name, preprocessing)) in inputs.iter().enumerate() {
+            let index = match name {
+                None => position,
+                Some(name) => input_index(&model, name)?,
+            };
+            let (h, w) = (preprocessing.height as usize, preprocessing.width as usize);
+            let shape = match preprocessing.layout {
+                Layout::Nchw => [1, 3, h, w],
+                Layout::Nhwc => [1, h, w, 3],
+            };
+            model = model.with_input_fact(index, f32::fact(shape).into())?;
+            ordered.push((index, (*preprocessing).clone()));
+        }
+        ordered.sort_by_key(|(index, _)| *index);
+        let inputs: Vec<Preprocessing> = ordered.into_iter().map(|(_, p)| p).collect();
+        let mut model = model.with_outputs_by_name([output])?.into_typed()?;
         check_tensor_sizes(&model)?;
         let output_node = model.node(model.output_outlets()?[0].node);
         if output_node.op_is::<Const>() {
@@ -133,17 +162,34 @@ impl Plan {
         Ok(Plan {
             runnable: model.into_runnable()?,
             output_len,
-            preprocessing: preprocessing.clone(),
+            preprocessing: inputs[0].clone(),
+            inputs,
             flowers_layers,
         })
     }
 
     /// Runs one input tensor and returns the flattened output.
     pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
-        let outputs = self.runnable.run(tvec!(input.into()))?;
+        self.run_all(vec![input])
+    }
+
+    /// Runs one tensor per input, in the order of [`Plan::inputs`].
+    pub fn run_all(&self, inputs: Vec<Tensor>) -> Result<Vec<f32>> {
+        let outputs = self
+            .runnable
+            .run(inputs.into_iter().map(TValue::from).collect())?;
         let values = outputs[0].to_plain_array_view::<f32>()?;
         Ok(values.iter().copied().collect())
     }
+}
+
+/// The position among the graph's inputs of the one called `name`.
+fn input_index(model: &InferenceModel, name: &str) -> Result<usize> {
+    let outlets = model.input_outlets()?;
+    outlets
+        .iter()
+        .position(|outlet| model.node(outlet.node).name == name)
+        .ok_or_else(|| anyhow!("the graph has no input {}", quote(name)))
 }
 
 /// Every tensor tract inferred for one image, and all of them together, within

@@ -2,8 +2,9 @@
 //! format, and the preprocessing and bottleneck it was made for.
 //!
 //! Three kinds of entries:
-//! - the embedded default, MobileNet v1 1.0 224 as ONNX, and two more ONNX backbones that
-//!   are recognised by their sha256 when given with `--model`;
+//! - the embedded default, MobileNet v1 1.0 224 as ONNX, and three more ONNX backbones
+//!   (MobileNet v2, EfficientNet-Lite0 and Lite2) that are recognised by their sha256 when
+//!   given with `--model`;
 //! - retrain.py's own names (`inception_v3`, `mobilenet_<v>_<s>[_quantized]`) with
 //!   retrain.py's exact meaning: the TensorFlow archives it downloaded, fed where it fed
 //!   them, with its mean and std;
@@ -171,7 +172,7 @@ pub fn by_sha256(sha256: &str) -> Option<Architecture> {
     all().into_iter().find(|a| a.file_sha256 == Some(sha256))
 }
 
-/// The ONNX backbones of `../shared/models`, verified here: the embedded default and two
+/// The ONNX backbones of `../shared/models`, verified here: the embedded default and three
 /// more that a `--model` file is recognised as.
 fn onnx_files() -> Vec<Architecture> {
     let entry = |name: &str, about, origin, sha256, mean: f32, std: f32| Architecture {
@@ -210,6 +211,14 @@ fn onnx_files() -> Vec<Architecture> {
             "EfficientNet-Lite0, ONNX",
             Origin::LocalFile,
             "f4b18bf5679bf244d43dae229af0a75a77a2c699d18959119c483c791cf1bdf0",
+            127.0,
+            128.0,
+        ),
+        entry(
+            "efficientnet_lite2",
+            "EfficientNet-Lite2 (260 px), ONNX",
+            Origin::LocalFile,
+            "8003262b889f4358b67d5f4a4cee5884926c00b89a2e97dc428ec370879fc0d6",
             127.0,
             128.0,
         ),
@@ -411,7 +420,7 @@ mod tests {
             (inception.mean, inception.input_size),
             ([128.0; 3], Some((299, 299)))
         );
-        assert_eq!(all().len(), 3 + 1 + 32 + 6);
+        assert_eq!(all().len(), 4 + 1 + 32 + 6);
     }
 
     #[test]

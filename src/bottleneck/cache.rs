@@ -71,6 +71,11 @@ impl Cache {
         &self.dir
     }
 
+    /// The bottleneck width, once an entry or the backbone has told it.
+    pub fn width(&self) -> Option<usize> {
+        self.width.get().copied()
+    }
+
     fn entry_path(&self, image_sha: &[u8; 32]) -> PathBuf {
         let name = hex(image_sha);
         self.dir.join(&name[..2]).join(format!("{name}.bn"))

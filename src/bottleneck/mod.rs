@@ -21,10 +21,12 @@ use sha2::{Digest, Sha256};
 pub use cache::Cache;
 pub use matrix::{BottleneckMatrix, MatrixWriter, DEFAULT_MATRIX_MEMORY};
 
-use crate::backbone::{Backbone, Plan};
+use crate::backbone::{Backbone, Backbones, Plan};
 use crate::dataset::ImageEntry;
+use crate::image::decode_rgb;
 use crate::problem::{Problem, Skipped};
 use crate::util::messages::{io_reason, shown};
+use crate::util::panic_guard::catching_panics;
 use crate::util::progress::Progress;
 
 /// Which images one extraction is responsible for, and how their bottlenecks are held.
@@ -125,6 +127,33 @@ impl Bottlenecks {
     }
 }
 
+/// One backbone of the run, and its cache: a combination of backbones has one of each per
+/// backbone, so adding a backbone to a combination computes only its part.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    pub backbone: &'a Backbone,
+    pub cache: &'a Cache,
+}
+
+/// One cache per backbone, under `base`.
+pub fn open_caches(base: &Path, backbones: &Backbones) -> Result<Vec<Cache>> {
+    backbones
+        .parts()
+        .iter()
+        .map(|backbone| Cache::open(base, backbone.identity()))
+        .collect()
+}
+
+/// Each backbone with its cache (from [`open_caches`]).
+pub fn parts<'a>(backbones: &'a Backbones, caches: &'a [Cache]) -> Vec<Part<'a>> {
+    backbones
+        .parts()
+        .iter()
+        .zip(caches)
+        .map(|(backbone, cache)| Part { backbone, cache })
+        .collect()
+}
+
 /// Gets the bottleneck of every image, from the cache where possible, computing the rest on
 /// the current rayon pool. Images that cannot be read or decoded are reported, not fatal.
 /// Vectors go straight into a file-backed [`BottleneckMatrix`], so memory does not grow
@@ -134,57 +163,61 @@ pub fn extract_all(
     backbone: &Backbone,
     cache: &Cache,
 ) -> Result<(Bottlenecks, ExtractionReport)> {
-    extract_scoped(images, backbone, cache, Scope::default())
+    extract_scoped(images, &[Part { backbone, cache }], Scope::default())
 }
 
-/// [`extract_all`] for the images of `scope` only: images of other shards are hashed but
-/// neither read from the cache nor computed, and have no row.
+/// [`extract_all`] for the images of `scope` only, through every backbone of `parts`: an
+/// image's row is the concatenation of the parts' vectors, in order. Images of other
+/// shards are hashed but neither read from the cache nor computed, and have no row. The
+/// counts of the report are of vectors (one per image and backbone).
 pub fn extract_scoped(
     images: &[ImageEntry],
-    backbone: &Backbone,
-    cache: &Cache,
+    parts: &[Part],
     scope: Scope,
 ) -> Result<(Bottlenecks, ExtractionReport)> {
     let start = Instant::now();
-    // Phase 1: hash every image; cached vectors go straight into the matrix, which takes
-    // its width from the first one (so a warm run loads no model).
-    let matrix = LazyMatrix::new(cache.dir(), images.len(), scope.matrix_memory);
+    // Phase 1: hash every image; rows wholly cached go straight into the matrix, which
+    // takes its width from the first one (so a warm run loads no model).
+    let matrix = LazyMatrix::new(parts[0].cache.dir(), images.len(), scope.matrix_memory);
     let mut lookups: Vec<Lookup> = images
         .par_iter()
         .enumerate()
-        .map(|(row, image)| lookup(row, image, cache, &matrix, scope.shard))
+        .map(|(row, image)| lookup(row, image, parts, &matrix, scope.shard))
         .collect();
-    let misses = lookups
-        .iter()
-        .filter(|l| matches!(l, Lookup::Miss(_)))
-        .count();
+    let misses = lookups.iter().filter(|l| l.is_miss()).count();
     if scope.require_cached && misses > 0 {
         bail!(
             "{misses} of {} images have no bottleneck in {}: run `flowers extract` for them \
              (every shard), or leave out --require-cached to compute them here",
             images.len(),
-            cache.dir().display()
+            cache_dirs(parts)
         );
     }
-    let (plan, writer) = match (misses, matrix.take()?) {
-        (0, Some(writer)) => (None, writer),
+    let (plans, writer) = match (misses, matrix.take()?) {
+        (0, Some(writer)) => (parts.iter().map(|_| None).collect(), writer),
         (_, cached) => {
-            let plan = backbone.extractor()?;
-            cache.expect_width(plan.output_len);
-            let writer = match cached {
-                Some(writer) if writer.dim() == plan.output_len => writer,
-                _ => {
-                    // No entry, or entries of another width: every vector is computed.
-                    lookups = lookups.into_iter().map(Lookup::into_miss).collect();
-                    MatrixWriter::create(
-                        cache.dir(),
-                        images.len(),
-                        plan.output_len,
-                        scope.matrix_memory,
-                    )?
+            let plans = load_plans(parts, |p| needs_plan(p, parts[p].cache, &lookups))?;
+            let widths = widths(parts, &plans);
+            let width = widths.as_ref().map(|w| w.iter().sum::<usize>());
+            match (cached, width) {
+                (Some(writer), Some(width)) if writer.dim() == width => (plans, writer),
+                (None, Some(width)) => {
+                    let dir = parts[0].cache.dir();
+                    let memory = scope.matrix_memory;
+                    let writer = MatrixWriter::create(dir, images.len(), width, memory)?;
+                    (plans, writer)
                 }
-            };
-            (Some(plan), writer)
+                _ => {
+                    // Entries of another width: every vector is computed.
+                    lookups = lookups.into_iter().map(Lookup::into_miss).collect();
+                    let plans = load_plans(parts, |_| true)?;
+                    let width = plans.iter().flatten().map(|p| p.output_len).sum();
+                    let dir = parts[0].cache.dir();
+                    let memory = scope.matrix_memory;
+                    let writer = MatrixWriter::create(dir, images.len(), width, memory)?;
+                    (plans, writer)
+                }
+            }
         }
     };
     let sha256 = lookups.iter().map(Lookup::sha).collect();
@@ -196,15 +229,12 @@ pub fn extract_scoped(
         .zip(lookups.into_par_iter())
         .map(|((row, image), lookup)| {
             let result = match lookup {
-                Lookup::Hit(_) => Ok(Outcome::Cached),
+                Lookup::Hit(_) => Ok(Outcome::Cached(parts.len())),
                 Lookup::Elsewhere => Ok(Outcome::Elsewhere),
-                Lookup::Miss(sha) => {
-                    let plan = plan
-                        .as_ref()
-                        .expect("a plan is loaded whenever there are misses");
-                    compute(image, sha, plan, cache).map(|vector| {
+                Lookup::Miss(sha, cached) => {
+                    compute(image, sha, cached, &plans, parts).map(|(vector, computed)| {
                         writer.write_row(row, &vector);
-                        Outcome::Computed
+                        Outcome::Computed(computed, parts.len() - computed)
                     })
                 }
                 Lookup::Unreadable(problem) => Err(problem),
@@ -220,10 +250,16 @@ pub fn extract_scoped(
     let mut report = ExtractionReport::default();
     let mut present = Vec::with_capacity(images.len());
     for (image, result) in images.iter().zip(results) {
-        present.push(matches!(result, Ok(Outcome::Cached | Outcome::Computed)));
+        present.push(matches!(
+            result,
+            Ok(Outcome::Cached(_) | Outcome::Computed(..))
+        ));
         match result {
-            Ok(Outcome::Cached) => report.cached += 1,
-            Ok(Outcome::Computed) => report.computed += 1,
+            Ok(Outcome::Cached(vectors)) => report.cached += vectors,
+            Ok(Outcome::Computed(computed, cached)) => {
+                report.computed += computed;
+                report.cached += cached;
+            }
             Ok(Outcome::Elsewhere) => report.other_shards += 1,
             Err(problem) => report.failed.push(Skipped {
                 path: image.path.clone(),
@@ -243,9 +279,56 @@ pub fn extract_scoped(
     ))
 }
 
+/// The cache folders of `parts`, for messages.
+pub fn cache_dirs(parts: &[Part]) -> String {
+    let dirs: Vec<String> = parts
+        .iter()
+        .map(|p| p.cache.dir().display().to_string())
+        .collect();
+    dirs.join(" and ")
+}
+
+/// The plans of the parts `needed` says must compute something, each telling its cache
+/// the width its entries must have.
+fn load_plans(parts: &[Part], needed: impl Fn(usize) -> bool) -> Result<Vec<Option<Plan>>> {
+    let load = |part: &Part| -> Result<Plan> {
+        let plan = part.backbone.extractor()?;
+        part.cache.expect_width(plan.output_len);
+        Ok(plan)
+    };
+    (0..parts.len())
+        .map(|p| needed(p).then(|| load(&parts[p])).transpose())
+        .collect()
+}
+
+/// Whether part `p` must be loaded: some image misses its vector, or no entry told its
+/// width.
+fn needs_plan(p: usize, cache: &Cache, lookups: &[Lookup]) -> bool {
+    cache.width().is_none()
+        || lookups.iter().any(|l| match l {
+            Lookup::Miss(_, cached) => cached.get(p).is_none_or(Option::is_none),
+            _ => false,
+        })
+}
+
+/// Each part's width, from its plan or else its cache; `None` when a cache's entries have
+/// another width than its backbone gives.
+fn widths(parts: &[Part], plans: &[Option<Plan>]) -> Option<Vec<usize>> {
+    parts
+        .iter()
+        .zip(plans)
+        .map(|(part, plan)| match (plan, part.cache.width()) {
+            (Some(plan), Some(cached)) if cached != plan.output_len => None,
+            (Some(plan), _) => Some(plan.output_len),
+            (None, cached) => cached,
+        })
+        .collect()
+}
+
 enum Lookup {
     Hit([u8; 32]),
-    Miss([u8; 32]),
+    /// Some part is not cached: the vectors of the parts that are, in part order.
+    Miss([u8; 32], Vec<Option<Vec<f32>>>),
     /// Another shard's image.
     Elsewhere,
     Unreadable(Problem),
@@ -253,22 +336,29 @@ enum Lookup {
 
 /// How one image's bottleneck was had.
 enum Outcome {
-    Cached,
-    Computed,
+    /// From the cache: this many vectors.
+    Cached(usize),
+    /// Vectors computed, and vectors from the cache.
+    Computed(usize, usize),
     Elsewhere,
 }
 
 impl Lookup {
     fn sha(&self) -> Option<[u8; 32]> {
         match self {
-            Lookup::Hit(sha) | Lookup::Miss(sha) => Some(*sha),
+            Lookup::Hit(sha) | Lookup::Miss(sha, _) => Some(*sha),
             Lookup::Elsewhere | Lookup::Unreadable(_) => None,
         }
     }
 
+    fn is_miss(&self) -> bool {
+        matches!(self, Lookup::Miss(..))
+    }
+
+    /// Everything of this image to be computed.
     fn into_miss(self) -> Lookup {
         match self {
-            Lookup::Hit(sha) => Lookup::Miss(sha),
+            Lookup::Hit(sha) | Lookup::Miss(sha, _) => Lookup::Miss(sha, Vec::new()),
             other => other,
         }
     }
@@ -315,7 +405,7 @@ impl<'a> LazyMatrix<'a> {
 fn lookup(
     row: usize,
     image: &ImageEntry,
-    cache: &Cache,
+    parts: &[Part],
     matrix: &LazyMatrix,
     shard: Option<Shard>,
 ) -> Lookup {
@@ -325,35 +415,73 @@ fn lookup(
             if shard.is_some_and(|shard| !shard.contains(&sha)) {
                 return Lookup::Elsewhere;
             }
-            match cache.read(&sha) {
-                Some(vector) if matrix.store(row, &vector) => Lookup::Hit(sha),
-                _ => Lookup::Miss(sha),
-            }
+            cached_row(row, sha, parts, matrix)
         }
         Err(e) => Lookup::Unreadable(Problem::from_io(&e)),
     }
 }
 
-/// Reads, decodes and runs one image through the backbone, then caches the vector.
+/// The image's row from the caches: stored if every part has its vector, else a miss
+/// keeping the vectors found.
+fn cached_row(row: usize, sha: [u8; 32], parts: &[Part], matrix: &LazyMatrix) -> Lookup {
+    if let [only] = parts {
+        return match only.cache.read(&sha) {
+            Some(vector) if matrix.store(row, &vector) => Lookup::Hit(sha),
+            _ => Lookup::Miss(sha, Vec::new()),
+        };
+    }
+    let cached: Vec<Option<Vec<f32>>> = parts.iter().map(|p| p.cache.read(&sha)).collect();
+    if cached.iter().all(Option::is_some) {
+        let row_values: Vec<f32> = cached.iter().flatten().flatten().copied().collect();
+        if matrix.store(row, &row_values) {
+            return Lookup::Hit(sha);
+        }
+    }
+    Lookup::Miss(sha, cached)
+}
+
+/// Reads and decodes one image once, runs it through every backbone whose vector was not
+/// cached (caching it), and returns the row with the number of vectors computed.
 fn compute(
     image: &ImageEntry,
     sha: [u8; 32],
-    plan: &Plan,
-    cache: &Cache,
-) -> Result<Vec<f32>, Problem> {
+    mut cached: Vec<Option<Vec<f32>>>,
+    plans: &[Option<Plan>],
+    parts: &[Part],
+) -> Result<(Vec<f32>, usize), Problem> {
+    cached.resize(parts.len(), None);
     let bytes = fs::read(&image.path).map_err(|e| Problem::from_io(&e))?;
-    let input = plan.preprocessing.tensor_from_bytes(&bytes)?;
-    let vector = plan
-        .run(input)
-        .map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
-    if let Err(e) = cache.write(&sha, &vector) {
-        crate::warn!(
-            "cannot write bottleneck cache entry for {}: {}",
-            shown(&image.path),
-            io_reason(&e)
-        );
+    let rgb = catching_panics(|| decode_rgb(&bytes))?;
+    let mut row = Vec::new();
+    let mut computed = 0;
+    for ((plan, part), cached) in plans.iter().zip(parts).zip(cached) {
+        let vector = match (cached, plan) {
+            (Some(vector), _) => vector,
+            (None, None) => {
+                return Err(Problem::InferenceFailed(format!(
+                    "its bottleneck of {} left the cache during the run",
+                    part.backbone.name
+                )))
+            }
+            (None, Some(plan)) => {
+                computed += 1;
+                let input = catching_panics(|| plan.preprocessing.tensor_from_rgb(rgb.clone()))?;
+                let vector = plan
+                    .run(input)
+                    .map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
+                if let Err(e) = part.cache.write(&sha, &vector) {
+                    crate::warn!(
+                        "cannot write bottleneck cache entry for {}: {}",
+                        shown(&image.path),
+                        io_reason(&e)
+                    );
+                }
+                vector
+            }
+        };
+        row.extend_from_slice(&vector);
     }
-    Ok(vector)
+    Ok((row, computed))
 }
 
 #[cfg(test)]

@@ -19,10 +19,10 @@ use crate::backbone::limits::{self, quote};
 use crate::backbone::onnx::decode_model;
 use crate::backbone::tensorflow::{self, GraphDef};
 use crate::backbone::Plan;
-use crate::image::{Layout, Preprocessing, ResizeRule};
+use crate::image::{decode_rgb, Layout, Preprocessing, ResizeRule};
 use crate::problem::Problem;
 use crate::util::files::read_regular;
-use crate::util::panic_guard::catching_panics_in;
+use crate::util::panic_guard::{catching_panics, catching_panics_in};
 
 /// The labels file read when neither `--labels` nor the graph gives labels.
 pub const DEFAULT_LABELS: &str = "retrained_labels.txt";
@@ -137,6 +137,11 @@ impl RetrainedGraph {
     /// Probabilities for one image's bytes, in label order. NaN or infinite scores are a
     /// failure of the graph on this image, never an answer.
     pub fn probabilities(&self, bytes: &[u8]) -> Result<Vec<f32>, Problem> {
+        if let Runner::Tract(plan) = &self.runner {
+            if plan.inputs.len() > 1 {
+                return self.combined_probabilities(plan, bytes);
+            }
+        }
         let input = self.preprocessing.tensor_from_bytes(bytes)?;
         let scores = match &self.runner {
             Runner::Tract(plan) => plan.run(input),
@@ -145,6 +150,24 @@ impl RetrainedGraph {
                 .and_then(|plain| interpreter.run(plain.as_slice::<f32>()?)),
         };
         let scores = scores.map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
+        if scores.iter().any(|s| !s.is_finite()) {
+            return Err(Problem::InferenceFailed(NOT_FINITE.into()));
+        }
+        Ok(scores)
+    }
+
+    /// [`RetrainedGraph::probabilities`] of a graph of combined backbones: the image is
+    /// decoded once and made into each input's tensor.
+    fn combined_probabilities(&self, plan: &Plan, bytes: &[u8]) -> Result<Vec<f32>, Problem> {
+        let rgb = catching_panics(|| decode_rgb(bytes))?;
+        let inputs = plan
+            .inputs
+            .iter()
+            .map(|p| catching_panics(|| p.tensor_from_rgb(rgb.clone())))
+            .collect::<Result<Vec<_>, Problem>>()?;
+        let scores = plan
+            .run_all(inputs)
+            .map_err(|e| Problem::InferenceFailed(format!("{e:#}")))?;
         if scores.iter().any(|s| !s.is_finite()) {
             return Err(Problem::InferenceFailed(NOT_FINITE.into()));
         }
@@ -216,8 +239,8 @@ fn load_onnx(
         .map(|i| i.name.clone())
         .unwrap_or_default();
     warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
-    let labels = resolve_labels(metadata.labels, labels_file, display)?;
-    let plan = Plan::new(Cow::Owned(proto), &metadata.preprocessing, &output)
+    let labels = resolve_labels(metadata.labels.clone(), labels_file, display)?;
+    let plan = Plan::with_inputs(Cow::Owned(proto), &metadata.input_list(), &output)
         .with_context(|| format!("cannot prepare {display} for inference"))?;
     Ok((labels, plan))
 }

@@ -14,9 +14,10 @@ use prost::Message;
 use tract_onnx::pb::{self, ModelProto};
 
 use super::digest;
-use super::metadata::{keys, GraphMetadata};
+use super::metadata::{keys, GraphInput, GraphMetadata};
+use crate::backbone::combined::name_prefix;
 use crate::backbone::tensorflow::{self, FinalLayerNodes};
-use crate::backbone::{Backbone, BackboneGraph, ModelFormat};
+use crate::backbone::{Backbone, BackboneGraph, Backbones, ModelFormat};
 use crate::train::FinalLayer;
 use crate::util::atomic::write_atomically;
 
@@ -52,6 +53,27 @@ impl RetrainedGraphFile {
             RetrainedGraphFile::TensorFlow(_) => "pb",
         }
     }
+}
+
+/// The retrained graph of one backbone ([`retrained_graph`]) or of several side by side:
+/// then one ONNX graph with one input per backbone (each fed as its metadata says: the
+/// backbones differ in input size, crop and normalisation, and resizing inside the graph
+/// would not be the preprocessing their bottlenecks were trained on), the backbones cut at
+/// their bottlenecks, their bottlenecks concatenated, then the final layer.
+pub fn retrained_graph_of(
+    backbones: &Backbones,
+    layer: &FinalLayer,
+    labels: &[String],
+    final_tensor_name: &str,
+) -> Result<RetrainedGraphFile> {
+    if let Some(backbone) = backbones.single() {
+        return retrained_graph(backbone, layer, labels, final_tensor_name);
+    }
+    if !layer.is_finite() {
+        bail!("the trained layer has NaN or infinite weights: lower --learning-rate and retrain");
+    }
+    let proto = combined_onnx(backbones, layer, labels, final_tensor_name)?;
+    Ok(RetrainedGraphFile::Onnx(Box::new(proto)))
 }
 
 /// The retrained graph: the backbone cut at its bottleneck plus the new final layer, in
@@ -106,6 +128,7 @@ pub fn graph_metadata(
         backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
         input: Some(backbone.input_name.clone()),
         output: Some(final_tensor_name.to_string()),
+        inputs: Vec::new(),
     }
 }
 
@@ -147,18 +170,168 @@ fn retrained_onnx(
         backbone: Some(format!("{} sha256:{}", backbone.name, backbone.sha256)),
         input: None,
         output: None,
+        inputs: Vec::new(),
     };
+    set_metadata(&mut proto, &metadata);
+    Ok(proto)
+}
+
+/// Replaces flowers' metadata entries of `proto` with `metadata`'s, digest last.
+fn set_metadata(proto: &mut ModelProto, metadata: &GraphMetadata) {
     proto
         .metadata_props
         .retain(|p| !p.key.starts_with(keys::PREFIX));
-    let entries = entries_with_digest(&metadata).into_iter();
+    let entries = entries_with_digest(metadata).into_iter();
     proto
         .metadata_props
         .extend(entries.map(|(key, value)| pb::StringStringEntryProto {
             key: key.to_string(),
             value,
         }));
-    Ok(proto)
+}
+
+/// The graph of combined ONNX backbones: each cut at its bottleneck with every name
+/// behind [`name_prefix`], side by side, then Flatten each, Concat, Gemm, Softmax.
+fn combined_onnx(
+    backbones: &Backbones,
+    layer: &FinalLayer,
+    labels: &[String],
+    final_tensor_name: &str,
+) -> Result<ModelProto> {
+    let mut graph = pb::GraphProto {
+        name: "flowers_combined".into(),
+        ..Default::default()
+    };
+    let mut model = ModelProto::default();
+    let mut bottlenecks = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, backbone) in backbones.parts().iter().enumerate() {
+        let BackboneGraph::Onnx(proto) = &backbone.graph else {
+            bail!(
+                "{} is not an ONNX model: it cannot be combined",
+                backbone.name
+            );
+        };
+        let prefix = name_prefix(i);
+        let mut part = proto
+            .graph
+            .clone()
+            .ok_or_else(|| anyhow!("backbone {} has no graph", backbone.name))?;
+        cut_after(&mut part, &backbone.bottleneck);
+        renamed(&mut part, &prefix, &backbone.name)?;
+        let input = format!("{prefix}{}", backbone.input_name);
+        if i == 0 {
+            model.ir_version = proto.ir_version;
+            model.opset_import = proto.opset_import.clone();
+            graph.output = vec![float_value_info(
+                final_tensor_name,
+                vec![batch_dim(&part, &input), dim_value(labels.len() as i64)],
+            )];
+        }
+        model.ir_version = model.ir_version.max(proto.ir_version);
+        graph.node.append(&mut part.node);
+        graph.initializer.append(&mut part.initializer);
+        graph.input.append(&mut part.input);
+        graph.value_info.append(&mut part.value_info);
+        bottlenecks.push(format!("{prefix}{}", backbone.bottleneck));
+        inputs.push(GraphInput {
+            name: input,
+            preprocessing: backbone.preprocessing.clone(),
+            backbone: format!("{} sha256:{}", backbone.name, backbone.sha256),
+        });
+    }
+    if graph
+        .node
+        .iter()
+        .any(|n| n.output.iter().any(|o| o == final_tensor_name))
+    {
+        bail!("--final-tensor-name {final_tensor_name:?} clashes with a tensor of the backbones: choose another name");
+    }
+    append_combined_layer(&mut graph, &bottlenecks, layer, final_tensor_name);
+    model.graph = Some(graph);
+    model.producer_name = "flowers".into();
+    model.producer_version = env!("CARGO_PKG_VERSION").into();
+    let metadata = GraphMetadata {
+        labels: Some(labels.to_vec()),
+        preprocessing: backbones.parts()[0].preprocessing.clone(),
+        backbone: Some(backbones.describe()),
+        input: None,
+        output: None,
+        inputs,
+    };
+    set_metadata(&mut model, &metadata);
+    Ok(model)
+}
+
+/// Puts `prefix` before every name of `graph` (nodes, tensors, inputs, initializers),
+/// leaving the empty name of an omitted optional input as it is. A backbone with
+/// subgraphs (`If`, `Loop`) is refused: their names would need the same care.
+fn renamed(graph: &mut pb::GraphProto, prefix: &str, backbone: &str) -> Result<()> {
+    let rename = |name: &mut String| {
+        if !name.is_empty() {
+            *name = format!("{prefix}{name}");
+        }
+    };
+    for node in &mut graph.node {
+        if node
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
+        {
+            bail!(
+                "backbone {backbone} has subgraphs (node {:?}): it cannot be combined",
+                node.name
+            );
+        }
+        rename(&mut node.name);
+        node.input.iter_mut().for_each(rename);
+        node.output.iter_mut().for_each(rename);
+    }
+    graph
+        .initializer
+        .iter_mut()
+        .for_each(|t| rename(&mut t.name));
+    graph.input.iter_mut().for_each(|v| rename(&mut v.name));
+    graph
+        .value_info
+        .iter_mut()
+        .for_each(|v| rename(&mut v.name));
+    if !graph.sparse_initializer.is_empty() {
+        bail!("backbone {backbone} has sparse initializers: it cannot be combined");
+    }
+    Ok(())
+}
+
+/// Flatten each bottleneck, Concat them (in backbone order, the order of the trained
+/// layer's rows), then Gemm and Softmax as for one backbone.
+fn append_combined_layer(
+    graph: &mut pb::GraphProto,
+    bottlenecks: &[String],
+    layer: &FinalLayer,
+    final_tensor_name: &str,
+) {
+    let mut flat = Vec::new();
+    for (i, bottleneck) in bottlenecks.iter().enumerate() {
+        let name = format!("{PREFIX}bottleneck_{}", i + 1);
+        let mut flatten = node(
+            "Flatten",
+            &[bottleneck],
+            &name,
+            vec![int_attribute("axis", 1)],
+        );
+        flatten.name = format!("{PREFIX}flatten_{}", i + 1);
+        graph.node.push(flatten);
+        flat.push(name);
+    }
+    let joined = format!("{PREFIX}bottleneck");
+    let parts: Vec<&str> = flat.iter().map(String::as_str).collect();
+    graph.node.push(node(
+        "Concat",
+        &parts,
+        &joined,
+        vec![int_attribute("axis", 1)],
+    ));
+    append_layer_on(graph, &joined, layer, final_tensor_name);
 }
 
 /// The metadata entries, then the digest to be sealed once the graph is encoded.
@@ -196,6 +369,22 @@ fn append_final_layer(
     final_tensor_name: &str,
 ) {
     let flat = format!("{PREFIX}bottleneck");
+    graph.node.push(node(
+        "Flatten",
+        &[bottleneck],
+        &flat,
+        vec![int_attribute("axis", 1)],
+    ));
+    append_layer_on(graph, &flat, layer, final_tensor_name);
+}
+
+/// Gemm (the trained weights and biases) on the flat bottleneck, then Softmax.
+fn append_layer_on(
+    graph: &mut pb::GraphProto,
+    flat: &str,
+    layer: &FinalLayer,
+    final_tensor_name: &str,
+) {
     let weights = format!("{PREFIX}weights");
     let biases = format!("{PREFIX}biases");
     let logits = format!("{PREFIX}logits");
@@ -210,15 +399,9 @@ fn append_final_layer(
         vec![cols as i64],
         layer.biases.iter(),
     ));
-    graph.node.push(node(
-        "Flatten",
-        &[bottleneck],
-        &flat,
-        vec![int_attribute("axis", 1)],
-    ));
     graph
         .node
-        .push(node("Gemm", &[&flat, &weights, &biases], &logits, vec![]));
+        .push(node("Gemm", &[flat, &weights, &biases], &logits, vec![]));
     graph.node.push(node(
         "Softmax",
         &[&logits],

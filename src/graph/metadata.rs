@@ -29,6 +29,9 @@ pub mod keys {
     /// TensorFlow graphs only: the tensor images are fed to, and the output.
     pub const INPUT: &str = "flowers.input";
     pub const OUTPUT: &str = "flowers.output";
+    /// Graphs of combined backbones only: every input, in order, with its preprocessing
+    /// (a JSON list; the keys above describe the first).
+    pub const INPUTS: &str = "flowers.inputs";
     /// The graph's digest of itself, written last (see [`crate::graph::digest`]).
     pub const DIGEST: &str = "flowers.digest";
     /// Every key begins with this.
@@ -48,6 +51,31 @@ pub struct GraphMetadata {
     /// do not declare them.
     pub input: Option<String>,
     pub output: Option<String>,
+    /// A graph of combined backbones has one input per backbone, each fed its own tensor
+    /// of the one image; empty for a graph of one backbone (one input, `preprocessing`).
+    pub inputs: Vec<GraphInput>,
+}
+
+/// One input of a graph of combined backbones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphInput {
+    /// The graph's input tensor.
+    pub name: String,
+    pub preprocessing: Preprocessing,
+    /// The backbone behind it: `name sha256:hex`.
+    pub backbone: String,
+}
+
+/// [`GraphInput`] as written: the texts of the single-input keys.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InputEntry {
+    name: String,
+    image_size: String,
+    layout: String,
+    mean: String,
+    std: String,
+    resize: String,
+    backbone: String,
 }
 
 impl GraphMetadata {
@@ -76,7 +104,23 @@ impl GraphMetadata {
         if let Some(output) = &self.output {
             entries.push((keys::OUTPUT, output.clone()));
         }
+        if !self.inputs.is_empty() {
+            let inputs: Vec<InputEntry> = self.inputs.iter().map(input_entry).collect();
+            let json = serde_json::to_string(&inputs).expect("strings serialise");
+            entries.push((keys::INPUTS, json));
+        }
         entries
+    }
+
+    /// Every input with its preprocessing: the one of a graph of one backbone (unnamed:
+    /// the graph's only input), or each of a combined graph's.
+    pub fn input_list(&self) -> Vec<(Option<&str>, &Preprocessing)> {
+        if self.inputs.is_empty() {
+            return vec![(None, &self.preprocessing)];
+        }
+        let each = self.inputs.iter();
+        each.map(|i| (Some(i.name.as_str()), &i.preprocessing))
+            .collect()
     }
 
     /// The metadata of a flowers ONNX graph (`metadata_props`), shown as `display` in
@@ -102,6 +146,74 @@ impl GraphMetadata {
                 .copied()
                 .ok_or_else(|| anyhow!("missing metadata {key}"))
         };
+        let preprocessing = preprocessing_of(&get)?;
+        let labels = match map.get(keys::LABELS) {
+            Some(json) => Some(
+                serde_json::from_str(json)
+                    .map_err(|_| anyhow!("unreadable {} metadata", keys::LABELS))?,
+            ),
+            None => None,
+        };
+        let inputs = match map.get(keys::INPUTS) {
+            Some(json) => graph_inputs(json)?,
+            None => Vec::new(),
+        };
+        Ok(GraphMetadata {
+            labels,
+            preprocessing,
+            backbone: map.get(keys::BACKBONE).map(|b| b.to_string()),
+            input: map.get(keys::INPUT).map(|b| b.to_string()),
+            output: map.get(keys::OUTPUT).map(|b| b.to_string()),
+            inputs,
+        })
+    }
+}
+
+/// The entry of one input, in the single-input keys' text forms.
+fn input_entry(input: &GraphInput) -> InputEntry {
+    let p = &input.preprocessing;
+    InputEntry {
+        name: input.name.clone(),
+        image_size: format!("{},{}", p.height, p.width),
+        layout: p.layout.as_str().to_string(),
+        mean: channels_text(&p.mean),
+        std: channels_text(&p.std),
+        resize: p.resize.to_string(),
+        backbone: input.backbone.clone(),
+    }
+}
+
+/// The inputs of `flowers.inputs`, each checked as the single-input keys are.
+fn graph_inputs(json: &str) -> Result<Vec<GraphInput>> {
+    let entries: Vec<InputEntry> = serde_json::from_str(json)
+        .map_err(|e| anyhow!("unreadable {} metadata: {e}", keys::INPUTS))?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let get = |key: &str| -> Result<&str> {
+                Ok(match key {
+                    keys::IMAGE_SIZE => &entry.image_size,
+                    keys::LAYOUT => &entry.layout,
+                    keys::MEAN => &entry.mean,
+                    keys::STD => &entry.std,
+                    _ => &entry.resize,
+                })
+            };
+            let preprocessing = preprocessing_of(&get)
+                .with_context(|| format!("in input {} of {}", i + 1, keys::INPUTS))?;
+            Ok(GraphInput {
+                name: entry.name.clone(),
+                preprocessing,
+                backbone: entry.backbone.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The preprocessing the keys `get` reads describe, checked.
+fn preprocessing_of<'a>(get: &dyn Fn(&str) -> Result<&'a str>) -> Result<Preprocessing> {
+    {
         let size = get(keys::IMAGE_SIZE)?;
         let [height, width] = size
             .split(',')
@@ -125,20 +237,7 @@ impl GraphMetadata {
                 .map_err(|e| anyhow!("{}: {e}", keys::RESIZE))?,
         };
         check_ranges(&preprocessing)?;
-        let labels = match map.get(keys::LABELS) {
-            Some(json) => Some(
-                serde_json::from_str(json)
-                    .map_err(|_| anyhow!("unreadable {} metadata", keys::LABELS))?,
-            ),
-            None => None,
-        };
-        Ok(GraphMetadata {
-            labels,
-            preprocessing,
-            backbone: map.get(keys::BACKBONE).map(|b| b.to_string()),
-            input: map.get(keys::INPUT).map(|b| b.to_string()),
-            output: map.get(keys::OUTPUT).map(|b| b.to_string()),
-        })
+        Ok(preprocessing)
     }
 }
 
@@ -182,6 +281,7 @@ mod tests {
             backbone: Some("mobilenet_v1_1.0_224 sha256:1eb2".into()),
             input: None,
             output: None,
+            inputs: Vec::new(),
         }
     }
 
@@ -207,6 +307,52 @@ mod tests {
         let entries = no_labels.to_entries();
         let read = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (*k, v.as_str())));
         assert_eq!(read.unwrap(), no_labels);
+    }
+
+    #[test]
+    fn the_inputs_of_a_combined_graph_round_trip_and_are_checked() {
+        let second = Preprocessing {
+            height: 260,
+            width: 260,
+            layout: Layout::Nchw,
+            mean: [127.0; 3],
+            std: [128.0; 3],
+            resize: ResizeRule::Squash,
+        };
+        let combined = GraphMetadata {
+            inputs: vec![
+                GraphInput {
+                    name: "b1/input".into(),
+                    preprocessing: sample().preprocessing,
+                    backbone: "a sha256:1".into(),
+                },
+                GraphInput {
+                    name: "b2/input".into(),
+                    preprocessing: second,
+                    backbone: "b sha256:2".into(),
+                },
+            ],
+            ..sample()
+        };
+        let entries = combined.to_entries();
+        let read = GraphMetadata::from_entries(entries.iter().map(|(k, v)| (*k, v.as_str())));
+        let read = read.unwrap();
+        assert_eq!(read, combined);
+        let names: Vec<Option<&str>> = read.input_list().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, [Some("b1/input"), Some("b2/input")]);
+        assert_eq!(sample().input_list(), [(None, &sample().preprocessing)]);
+        let (_, json) = entries.iter().find(|(k, _)| *k == keys::INPUTS).unwrap();
+        let damaged = json.replace("\"std\":\"128,128,128\"", "\"std\":\"0\"");
+        assert_ne!(&damaged, json);
+        let kept = entries.iter().filter(|(k, _)| *k != keys::INPUTS);
+        let entries = kept
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain([(keys::INPUTS, damaged.as_str())]);
+        let error = format!("{:#}", GraphMetadata::from_entries(entries).unwrap_err());
+        assert!(
+            error.contains("input 2") && error.contains(keys::STD),
+            "{error}"
+        );
     }
 
     #[test]

@@ -9,5 +9,7 @@ pub mod metadata;
 pub mod tflite;
 
 pub use classifier::{read_labels, Prediction, RetrainedGraph, DEFAULT_LABELS};
-pub use export::{retrained_graph, write_graph, write_labels, RetrainedGraphFile};
+pub use export::{
+    retrained_graph, retrained_graph_of, write_graph, write_labels, RetrainedGraphFile,
+};
 pub use metadata::GraphMetadata;

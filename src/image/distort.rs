@@ -42,6 +42,42 @@ impl Distortions {
     }
 }
 
+/// The random choices of one distorted copy, drawn once and independent of the input
+/// size: every backbone of a combination is given the same distortion of the photo (the
+/// same enlargement, window, mirror and brightness), each at its own size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    enlarge: f32,
+    /// Where the crop window sits in its range of positions, from 0 to 1.
+    top: f32,
+    left: f32,
+    mirrored: bool,
+    brightness: f32,
+}
+
+impl Draw {
+    pub fn new(distortions: &Distortions, rng: &mut impl Rng) -> Draw {
+        let enlarge = 1.0 + rng.random::<f32>() * distortions.random_scale / 100.0;
+        let top = rng.random::<f32>();
+        let left = rng.random::<f32>();
+        let mirrored = distortions.flip_left_right && rng.random_bool(0.5);
+        let spread = distortions.random_brightness / 100.0;
+        let brightness = 1.0 + spread * (2.0 * rng.random::<f32>() - 1.0);
+        Draw {
+            enlarge,
+            top,
+            left,
+            mirrored,
+            brightness,
+        }
+    }
+}
+
+/// One of the `range + 1` window positions, uniformly by `fraction` in [0, 1).
+fn position(fraction: f32, range: u32) -> usize {
+    ((fraction * (range + 1) as f32) as u32).min(range) as usize
+}
+
 impl Preprocessing {
     /// One distorted copy of `rgb` as the backbone's input tensor, as retrain.py's
     /// `add_input_distortions` makes it: the whole image resized (by the backbone's resize
@@ -55,27 +91,33 @@ impl Preprocessing {
         distortions: &Distortions,
         rng: &mut impl Rng,
     ) -> Result<Tensor, Problem> {
+        self.drawn_tensor(rgb, distortions, &Draw::new(distortions, rng))
+    }
+
+    /// [`Preprocessing::distorted_tensor`] with its random choices already drawn.
+    pub fn drawn_tensor(
+        &self,
+        rgb: RgbImage,
+        distortions: &Distortions,
+        draw: &Draw,
+    ) -> Result<Tensor, Problem> {
         let margin = 1.0 + distortions.random_crop / 100.0;
-        let enlarge = 1.0 + rng.random::<f32>() * distortions.random_scale / 100.0;
         let (h, w) = (self.height, self.width);
         // retrain.py truncates the scaled size to an integer, as a cast does.
-        let scaled = |side: u32| ((side as f32 * margin * enlarge) as u32).max(side);
+        let scaled = |side: u32| ((side as f32 * margin * draw.enlarge) as u32).max(side);
         let precrop = Preprocessing {
             height: scaled(h),
             width: scaled(w),
             ..self.clone()
         };
         let pixels = precrop.resize_rgb(rgb)?;
-        let top = rng.random_range(0..=precrop.height - h) as usize;
-        let left = rng.random_range(0..=precrop.width - w) as usize;
-        let mirrored = distortions.flip_left_right && rng.random_bool(0.5);
-        let spread = distortions.random_brightness / 100.0;
-        let brightness = 1.0 + spread * (2.0 * rng.random::<f32>() - 1.0);
-        let (w, stride) = (w as usize, precrop.width as usize);
+        let top = position(draw.top, precrop.height - h);
+        let left = position(draw.left, precrop.width - w);
+        let (w, stride, mirrored) = (w as usize, precrop.width as usize, draw.mirrored);
         let value = |y: usize, x: usize, c: usize| {
             let x = if mirrored { w - 1 - x } else { x };
             let pixel = f32::from(pixels[((top + y) * stride + left + x) * 3 + c]);
-            (pixel * brightness - self.mean[c]) / self.std[c]
+            (pixel * draw.brightness - self.mean[c]) / self.std[c]
         };
         Ok(self.tensor_of(value))
     }
@@ -146,6 +188,42 @@ mod tests {
         let factor = copy[[0, 0, 5, 0]] / 200.0;
         assert!((0.8..=1.2).contains(&factor) && factor != 1.0, "{factor}");
         assert!((copy[[0, 0, 0, 2]] / 7.0 - factor).abs() < 1e-5);
+    }
+
+    #[test]
+    fn window_positions_cover_their_range_uniformly() {
+        let mut seen = [0usize; 4];
+        for i in 0..400 {
+            seen[position(i as f32 / 400.0, 3)] += 1;
+        }
+        assert_eq!(seen, [100; 4]);
+        assert_eq!(position(0.999_999_9, 0), 0);
+    }
+
+    #[test]
+    fn one_draw_is_the_same_distortion_at_every_size() {
+        let crop = Distortions {
+            flip_left_right: true,
+            random_crop: 50.0,
+            random_scale: 50.0,
+            random_brightness: 30.0,
+        };
+        let draw = Draw::new(&crop, &mut ChaCha8Rng::seed_from_u64(4));
+        let small = preprocessing();
+        let large = Preprocessing {
+            height: 8,
+            width: 12,
+            ..preprocessing()
+        };
+        let a = pixels(&small.drawn_tensor(ramp(), &crop, &draw).unwrap());
+        let b = pixels(&large.drawn_tensor(ramp(), &crop, &draw).unwrap());
+        // The same mirror and brightness: the blue channel (7 everywhere) says both.
+        assert_eq!(a[[0, 0, 0, 2]], b[[0, 0, 0, 2]]);
+        // The same mirror: red decreases left to right in both, or increases in both.
+        let falling = |p: &tract_onnx::prelude::tract_ndarray::Array4<f32>, w: usize| {
+            p[[0, 0, 0, 0]] > p[[0, 0, w - 1, 0]]
+        };
+        assert_eq!(falling(&a, 6), falling(&b, 12));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use image::RgbImage;
 use tract_onnx::prelude::{tract_ndarray, Tensor};
 
 pub use decode::{decode_rgb, sniff_format, FORMATS, MAX_DECODE_BYTES, MAX_SIDE};
-pub use distort::Distortions;
+pub use distort::{Distortions, Draw};
 
 use crate::problem::Problem;
 use crate::util::messages::quote;
@@ -133,14 +133,17 @@ impl Preprocessing {
     /// A panic inside a decoder (a bug on some hostile file) is caught and reported as a
     /// decode error for this one file, so one bad image never ends a run.
     pub fn tensor_from_bytes(&self, bytes: &[u8]) -> Result<Tensor, Problem> {
-        catching_panics(|| {
-            let rgb = decode_rgb(bytes)?;
-            if self.resize == ResizeRule::SquashTf {
-                return Ok(self.normalise_tf(&rgb));
-            }
-            let resized = self.resize_rgb(rgb)?;
-            Ok(self.normalise(&resized))
-        })
+        catching_panics(|| self.tensor_from_rgb(decode_rgb(bytes)?))
+    }
+
+    /// The input tensor of an image already decoded: several backbones (or a combined
+    /// graph's inputs) are fed from one decoding.
+    pub fn tensor_from_rgb(&self, rgb: RgbImage) -> Result<Tensor, Problem> {
+        if self.resize == ResizeRule::SquashTf {
+            return Ok(self.normalise_tf(&rgb));
+        }
+        let resized = self.resize_rgb(rgb)?;
+        Ok(self.normalise(&resized))
     }
 
     /// Resizes to height x width with bilinear filtering (the same filter as Pillow's

@@ -9,8 +9,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::thread_pool;
-use crate::backbone::Backbone;
-use crate::bottleneck::{extract_scoped, Cache, Scope};
+use crate::backbone::Backbones;
+use crate::bottleneck::{cache_dirs, extract_scoped, open_caches, parts, Scope};
 use crate::dataset::Dataset;
 use crate::exit;
 use crate::options::ExtractOptions;
@@ -38,15 +38,16 @@ pub fn run_command(options: &ExtractOptions, out: &mut dyn Write) -> Result<u8> 
     for skipped in &dataset.skipped {
         crate::warn!("skipping {}: {}", shown(&skipped.path), skipped.problem);
     }
-    let backbone = Backbone::load(&options.model, &options.overrides)?;
-    let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
+    let backbones = Backbones::load(&options.backbones)?;
+    let caches = open_caches(&options.bottleneck_dir, &backbones)?;
+    let parts = parts(&backbones, &caches);
     let scope = Scope {
         shard: options.shard,
         require_cached: false,
         // Extraction keeps no bottleneck for itself: stream, never map.
         matrix_memory: 0,
     };
-    let (_, report) = pool.install(|| extract_scoped(&dataset.images, &backbone, &cache, scope))?;
+    let (_, report) = pool.install(|| extract_scoped(&dataset.images, &parts, scope))?;
     let mut skipped = dataset.skipped.clone();
     skipped.extend(report.failed.iter().cloned());
     let summary = Summary {
@@ -59,7 +60,7 @@ pub fn run_command(options: &ExtractOptions, out: &mut dyn Write) -> Result<u8> 
         other_shards: report.other_shards,
         skipped: &skipped,
         seconds: report.elapsed.as_secs_f64(),
-        cache: cache.dir().display().to_string(),
+        cache: cache_dirs(&parts),
     };
     if options.json {
         let mut line = serde_json::to_vec(&summary).map_err(std::io::Error::other)?;

@@ -11,15 +11,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{accuracy_gate, thread_pool};
-use crate::backbone::names::is_taken;
-use crate::backbone::{Backbone, ModelFormat};
+use crate::backbone::names::is_taken_in;
+use crate::backbone::{Backbones, ModelFormat};
 use crate::bottleneck::distorted::{extract_distorted, PoolSpec};
-use crate::bottleneck::{extract_scoped, Bottlenecks, Cache, Scope};
+use crate::bottleneck::{cache_dirs, extract_scoped, open_caches, parts, Bottlenecks, Part, Scope};
 use crate::dataset::{split_of, Dataset, Split, FEW_IMAGES_WARNING};
 use crate::graph::export::graph_metadata;
 use crate::graph::tflite;
 use crate::graph::tflite::quantize::TrainingImages;
-use crate::graph::{retrained_graph, write_graph, write_labels, RetrainedGraphFile};
+use crate::graph::{retrained_graph_of, write_graph, write_labels, RetrainedGraphFile};
 use crate::options::RetrainOptions;
 use crate::problem::Skipped;
 use crate::report::training_log::TrainingLog;
@@ -57,30 +57,31 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let pool = thread_pool(options.threads)?;
     let dataset = Dataset::discover(&options.image_dir)?;
     report_dataset(&dataset);
-    let backbone = Backbone::load(&options.model, &options.overrides)?;
-    let output_graph = output_graph_path(options, &backbone);
+    let backbones = Backbones::load(&options.backbones)?;
+    let output_graph = output_graph_path(options, &backbones);
     if options.output_graph.is_none() {
         check_graph_output(&output_graph, &options.output_labels)?;
     }
-    check_final_tensor_name(&backbone, &options.final_tensor_name)?;
-    check_tflite_output(options, &output_graph)?;
-    let cache = Cache::open(&options.bottleneck_dir, backbone.identity())?;
+    check_final_tensor_name(&backbones, &options.final_tensor_name)?;
+    check_tflite_output(options, &output_graph, &backbones)?;
+    let caches = open_caches(&options.bottleneck_dir, &backbones)?;
+    let parts = parts(&backbones, &caches);
     let scope = Scope {
         shard: None,
         require_cached: options.require_cached,
         matrix_memory: options.training_memory,
     };
     let (bottlenecks, extraction) =
-        pool.install(|| extract_scoped(&dataset.images, &backbone, &cache, scope))?;
+        pool.install(|| extract_scoped(&dataset.images, &parts, scope))?;
     crate::info!(
         "Bottlenecks: {} cached, {} computed, {} skipped in {:.1}s ({})",
         extraction.cached,
         extraction.computed,
         extraction.failed.len(),
         extraction.elapsed.as_secs_f64(),
-        cache.dir().display()
+        cache_dirs(&parts)
     );
-    let sets = training_sets(&dataset, bottlenecks, &backbone, &cache, &pool, options)?;
+    let sets = training_sets(&dataset, bottlenecks, &parts, &pool, options)?;
     let [training, validation, testing] = &sets.splits;
     if let Some(size) = options.test_batch_size {
         check_batch("--test-batch-size", size, training.dim())?;
@@ -95,7 +96,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         |evaluation, layer| log.record(evaluation, layer),
         |step, layer| {
             if snapshot_error.is_none() {
-                let written = write_intermediate(options, &backbone, layer, &dataset.labels, step);
+                let written = write_intermediate(options, &backbones, layer, &dataset.labels, step);
                 snapshot_error = written.err();
             }
         },
@@ -112,13 +113,13 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
     let validation_report = (!validation.is_empty())
         .then(|| report_on(&layer, validation, &dataset))
         .transpose()?;
-    let graph = retrained_graph(
-        &backbone,
+    let graph = retrained_graph_of(
+        &backbones,
         &layer,
         &dataset.labels,
         &options.final_tensor_name,
     )?;
-    let tflite = tflite_bytes(options, &backbone, &graph, &dataset, &output_graph)?;
+    let tflite = tflite_bytes(options, &backbones, &graph, &dataset, &output_graph)?;
     write_graph(&output_graph, &graph)?;
     write_labels(&options.output_labels, &dataset.labels)?;
     crate::info!(
@@ -154,7 +155,7 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
         output_graph,
         output_labels: options.output_labels.clone(),
         pictures,
-        backbone: format!("{} sha256:{}", backbone.name, backbone.sha256),
+        backbone: backbones.describe(),
         extraction_seconds: extraction.elapsed.as_secs_f64(),
         training_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
@@ -165,12 +166,12 @@ pub fn run(options: &RetrainOptions) -> Result<RetrainSummary> {
 /// that cannot be exported leaves no outputs behind.
 fn tflite_bytes(
     options: &RetrainOptions,
-    backbone: &Backbone,
+    backbones: &Backbones,
     graph: &RetrainedGraphFile,
     dataset: &Dataset,
     output_graph: &Path,
 ) -> Result<Option<Vec<u8>>> {
-    let Some(tflite) = &options.output_tflite else {
+    let (Some(tflite), Some(backbone)) = (&options.output_tflite, backbones.single()) else {
         return Ok(None);
     };
     let metadata = graph_metadata(backbone, &dataset.labels, &options.final_tensor_name);
@@ -203,11 +204,21 @@ fn tflite_bytes(
     .map(Some)
 }
 
-/// `--output-tflite` needs a path of its own, checked before any work.
-fn check_tflite_output(options: &RetrainOptions, graph: &Path) -> Result<()> {
+/// `--output-tflite` needs a path of its own, and one backbone, checked before any work.
+fn check_tflite_output(
+    options: &RetrainOptions,
+    graph: &Path,
+    backbones: &Backbones,
+) -> Result<()> {
     let Some(tflite) = &options.output_tflite else {
         return Ok(());
     };
+    if backbones.is_combined() {
+        bail!(
+            "--output-tflite: the graph of combined backbones ({}) has one input per backbone, which flowers' TensorFlow Lite export does not take; leave --output-tflite out or use one backbone",
+            backbones.name()
+        );
+    }
     for (other, flag) in [
         (graph, "--output-graph"),
         (options.output_labels.as_path(), "--output-labels"),
@@ -224,8 +235,8 @@ fn check_tflite_output(options: &RetrainOptions, graph: &Path) -> Result<()> {
 }
 
 /// `--output-graph`, or retrain.py's name with the extension of the backbone's format.
-fn output_graph_path(options: &RetrainOptions, backbone: &Backbone) -> PathBuf {
-    let extension = match backbone.format() {
+fn output_graph_path(options: &RetrainOptions, backbones: &Backbones) -> PathBuf {
+    let extension = match backbones.format() {
         ModelFormat::Onnx => "onnx",
         ModelFormat::TensorFlow => "pb",
     };
@@ -271,11 +282,11 @@ fn check_graph_output(graph: &Path, labels: &Path) -> Result<()> {
 
 /// `--final-tensor-name` must name a new tensor: one the backbone already has (its
 /// `input`, say) would give a graph with two tensors of one name.
-fn check_final_tensor_name(backbone: &Backbone, name: &str) -> Result<()> {
-    if is_taken(backbone, name) {
+fn check_final_tensor_name(backbones: &Backbones, name: &str) -> Result<()> {
+    if is_taken_in(backbones, name) {
         bail!(
             "--final-tensor-name {name:?} is already a tensor of the backbone {}: choose another name, e.g. final_result",
-            backbone.name
+            backbones.name()
         );
     }
     Ok(())
@@ -297,8 +308,7 @@ struct TrainingSets {
 fn training_sets(
     dataset: &Dataset,
     mut bottlenecks: Bottlenecks,
-    backbone: &Backbone,
-    cache: &Cache,
+    parts: &[Part],
     pool: &rayon::ThreadPool,
     options: &RetrainOptions,
 ) -> Result<TrainingSets> {
@@ -315,9 +325,8 @@ fn training_sets(
     let mut distortion_failures = Vec::new();
     if options.distortions.any() {
         let plain = &splits[training];
-        let (distorted, failed) = pool.install(|| {
-            distorted_training(dataset, &image_sha256, plain, backbone, cache, options)
-        })?;
+        let (distorted, failed) =
+            pool.install(|| distorted_training(dataset, &image_sha256, plain, parts, options))?;
         splits[training] = distorted;
         distortion_failures = failed;
     }
@@ -334,8 +343,7 @@ fn distorted_training(
     dataset: &Dataset,
     image_sha256: &[Option<[u8; 32]>],
     plain: &Examples,
-    backbone: &Backbone,
-    cache: &Cache,
+    parts: &[Part],
     options: &RetrainOptions,
 ) -> Result<(Examples, Vec<Skipped>)> {
     let (images, classes): (Vec<_>, Vec<usize>) = plain
@@ -353,7 +361,7 @@ fn distorted_training(
         matrix_memory: options.training_memory,
         require_cached: options.require_cached,
     };
-    let (pool, report) = extract_distorted(&images, backbone, cache, &spec)?;
+    let (pool, report) = extract_distorted(&images, parts, &spec)?;
     crate::info!(
         "Distorted bottlenecks ({} per training image): {} cached, {} computed in {:.1}s",
         spec.copies,
@@ -376,12 +384,12 @@ fn distorted_training(
 /// backbones), the graph as it would be if training stopped here.
 fn write_intermediate(
     options: &RetrainOptions,
-    backbone: &Backbone,
+    backbones: &Backbones,
     layer: &FinalLayer,
     labels: &[String],
     step: usize,
 ) -> Result<()> {
-    let graph = retrained_graph(backbone, layer, labels, &options.final_tensor_name)?;
+    let graph = retrained_graph_of(backbones, layer, labels, &options.final_tensor_name)?;
     let dir = &options.intermediate_output_graphs_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         anyhow::anyhow!(

@@ -35,6 +35,12 @@ pub fn from_graph_bytes(bytes: Vec<u8>, display: &str) -> Result<(Model, GraphMe
 
 /// The TFLite model of an ONNX retrained graph described by `metadata`.
 pub fn from_onnx(proto: &ModelProto, metadata: &GraphMetadata, display: &str) -> Result<Model> {
+    if metadata.inputs.len() > 1 {
+        bail!(
+            "{display} is a graph of {} combined backbones, one input each: the TensorFlow Lite export takes graphs of one backbone",
+            metadata.inputs.len()
+        );
+    }
     let p = &metadata.preprocessing;
     if p.layout != Layout::Nchw {
         bail!("{display} takes NHWC input: the TensorFlow Lite export reads NCHW ONNX graphs");
