@@ -12,7 +12,7 @@ use crate::graph::classifier::LabelImageFlags;
 use crate::graph::tflite::quantize::{Io, Precision, QuantizeOptions};
 use crate::image::{parse_channels, Distortions, ResizeRule};
 use crate::options::{self, EvaluateOptions, LabelOptions, RetrainOptions};
-use crate::train::TrainingOptions;
+use crate::train::{FinalLayerRecipe, TrainingOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -447,6 +447,18 @@ pub struct RetrainArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub distorted_copies: u32,
 
+    /// Standardise each bottleneck value by the training bottlenecks' mean and standard
+    /// deviation before the final layer (folded into its weights: the graph is unchanged in
+    /// form). `--standardize` alone means on [default: off for one backbone].
+    #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = on_off, help_heading = "Final layer")]
+    pub standardize: Option<bool>,
+
+    /// L2 weight decay of the final layer's weights: F * w is added to each weight's
+    /// gradient [default: 0 for one backbone].
+    #[arg(long, value_name = "F", value_parser = weight_decay, help_heading = "Final layer")]
+    pub weight_decay: Option<f32>,
+
     /// Also write the graph every N steps (0: never), as
     /// <--intermediate-output-graphs-dir>/intermediate_<step>.pb (.onnx for ONNX backbones).
     #[arg(
@@ -803,6 +815,7 @@ impl RetrainArgs {
                 seed: self.seed,
                 snapshot_every: (self.intermediate_store_frequency > 0)
                     .then_some(self.intermediate_store_frequency as usize),
+                final_layer: final_layer(self.standardize, self.weight_decay, self.learning_rate)?,
             },
             intermediate_output_graphs_dir: self
                 .intermediate_output_graphs_dir
@@ -1050,6 +1063,44 @@ fn fraction(text: &str) -> Result<f64, String> {
             "expected a fraction from 0 to 1 (e.g. 0.9), got {text:?}"
         )),
     }
+}
+
+/// `on` or `off` (also `true`/`false`, `yes`/`no`), as `--standardize` takes it.
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {text:?}")),
+    }
+}
+
+/// A weight decay: a finite number from 0 on.
+fn weight_decay(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected a weight decay of 0 or more (e.g. 0.01), got {text:?}"
+        )),
+    }
+}
+
+/// The final layer's recipe: the default for one backbone, with what the user gave. A decay
+/// of 1 / --learning-rate or more would flip every weight's sign at each step.
+fn final_layer(
+    standardize: Option<bool>,
+    weight_decay: Option<f32>,
+    learning_rate: f32,
+) -> Result<FinalLayerRecipe, String> {
+    let recipe = FinalLayerRecipe::chosen(1, standardize, weight_decay);
+    if recipe.weight_decay * learning_rate >= 1.0 {
+        return Err(format!(
+            "--weight-decay {} times --learning-rate {} is 1 or more, which flips the weights at every step: lower --weight-decay below {}",
+            recipe.weight_decay,
+            learning_rate,
+            1.0 / learning_rate
+        ));
+    }
+    Ok(recipe)
 }
 
 /// A percentage from 0 to 1000, as retrain.py's distortion flags take them.

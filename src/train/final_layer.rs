@@ -89,12 +89,14 @@ impl FinalLayer {
     }
 
     /// One SGD step on a batch: the gradient of the mean cross entropy is
-    /// `(probabilities - one_hot) / batch` at the logits.
+    /// `(probabilities - one_hot) / batch` at the logits; `decay` adds L2 weight decay
+    /// (`decay * w` to each weight's gradient, none to the biases).
     pub(super) fn sgd_step(
         &mut self,
         rows: &[&[f32]],
         labels: &[usize],
         rate: f32,
+        decay: f32,
         scratch: &mut StepScratch,
     ) {
         let mut gradient = self.probabilities_of_rows(rows, &mut scratch.panel);
@@ -112,6 +114,10 @@ impl FinalLayer {
         );
         let weight_gradient = ArrayView2::from_shape((dim, classes), &scratch.weight_gradient)
             .expect("dim x classes values");
+        if decay != 0.0 {
+            // w - rate * (g + decay * w), with g taken at the old w.
+            self.weights *= 1.0 - rate * decay;
+        }
         self.weights.scaled_add(-rate, &weight_gradient);
         self.biases.scaled_add(-rate, &gradient.sum_axis(Axis(0)));
     }
@@ -205,6 +211,33 @@ mod tests {
     }
 
     #[test]
+    fn weight_decay_scales_the_weights_before_the_gradient_and_spares_the_biases() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let (batch, dim, classes) = (10, 6, 3);
+        let layer = FinalLayer::new(dim, classes, &mut rng);
+        let features = Array2::from_shape_simple_fn((batch, dim), || rng.random_range(0.0f32..6.0));
+        let rows: Vec<&[f32]> = features
+            .rows()
+            .into_iter()
+            .map(|r| r.to_slice().unwrap())
+            .collect();
+        let labels: Vec<usize> = (0..batch).map(|r| r % classes).collect();
+        let (rate, decay) = (0.1, 2.0);
+        let mut plain = layer.clone();
+        plain.sgd_step(&rows, &labels, rate, 0.0, &mut StepScratch::default());
+        let mut decayed = layer.clone();
+        decayed.sgd_step(&rows, &labels, rate, decay, &mut StepScratch::default());
+        assert_eq!(decayed.biases, plain.biases);
+        // w - rate * (g + decay * w) = (plain step) - rate * decay * w
+        let expected = &plain.weights - &(layer.weights.mapv(|w| rate * decay * w));
+        let largest = (&decayed.weights - &expected)
+            .mapv(f32::abs)
+            .fold(0f32, |m, &v| m.max(v));
+        assert!(largest < 1e-7, "{largest}");
+        assert_ne!(decayed.weights, plain.weights);
+    }
+
+    #[test]
     fn steps_match_the_dot_products_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let (batch, dim, classes) = (100, 600, 5);
@@ -220,7 +253,7 @@ mod tests {
                 .into_iter()
                 .map(|r| r.to_slice().unwrap())
                 .collect();
-            ours.sgd_step(&rows, &labels, 0.01, &mut scratch);
+            ours.sgd_step(&rows, &labels, 0.01, 0.0, &mut scratch);
             dot_step(&mut reference, &features, &labels, 0.01);
             assert_eq!(ours, reference, "step {step}");
             assert_eq!(

@@ -4,6 +4,10 @@
 mod examples;
 mod final_layer;
 mod products;
+mod recipe;
+mod standardize;
+
+use std::borrow::Cow;
 
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -12,6 +16,8 @@ use rand_chacha::ChaCha8Rng;
 pub use examples::Examples;
 use final_layer::StepScratch;
 pub use final_layer::{accuracy, cross_entropy, predictions, FinalLayer};
+pub use recipe::FinalLayerRecipe;
+pub use standardize::Standardizer;
 
 /// retrain.py's training options.
 #[derive(Clone, Debug)]
@@ -26,6 +32,8 @@ pub struct TrainingOptions {
     /// retrain.py's `--intermediate_store_frequency`: hand the layer out every this many
     /// steps (not at step 0), for intermediate graphs.
     pub snapshot_every: Option<usize>,
+    /// Standardisation and weight decay ([`FinalLayerRecipe::PLAIN`]: retrain.py's layer).
+    pub final_layer: FinalLayerRecipe,
 }
 
 /// What an evaluation step measured.
@@ -76,13 +84,29 @@ pub fn train(
         check_batch("--validation-batch-size", size, training.dim())?;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let standardizer = options
+        .final_layer
+        .standardize
+        .then(|| Standardizer::of(training))
+        .transpose()?;
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
     let mut scratch = StepScratch::default();
     let mut batch = Vec::new();
+    let mut standardized = Vec::new();
     for step in 0..options.steps {
         let picks = training.sample_rows(options.train_batch_size, &mut rng);
         let (features, labels) = training.rows_in(&picks, &mut batch)?;
-        layer.sgd_step(&features, &labels, options.learning_rate, &mut scratch);
+        let features = match &standardizer {
+            Some(standardizer) => standardizer.apply(&features, &mut standardized),
+            None => features,
+        };
+        layer.sgd_step(
+            &features,
+            &labels,
+            options.learning_rate,
+            options.final_layer.weight_decay,
+            &mut scratch,
+        );
         // One pass over the layer: 1/batch of the step's own arithmetic.
         if !layer.is_finite() {
             bail!(
@@ -93,22 +117,35 @@ pub fn train(
         let last = step + 1 == options.steps;
         if last || step % options.eval_step_interval.max(1) == 0 {
             let probabilities = layer.probabilities_of_rows(&features, &mut scratch.panel);
+            let out = handed_out(&layer, standardizer.as_ref());
             let evaluation = Evaluation {
                 step,
                 train_accuracy: accuracy(&probabilities, &labels),
                 cross_entropy: cross_entropy(&probabilities, &labels),
-                validation: validate(&layer, validation, options, &mut rng, &mut scratch)?,
+                validation: validate(&out, validation, options, &mut rng, &mut scratch)?,
             };
-            on_evaluation(&evaluation, &layer);
+            on_evaluation(&evaluation, &out);
         }
         if options
             .snapshot_every
             .is_some_and(|every| step > 0 && step % every == 0)
         {
-            on_snapshot(step, &layer);
+            on_snapshot(step, &handed_out(&layer, standardizer.as_ref()));
         }
     }
-    Ok(layer)
+    Ok(handed_out(&layer, standardizer.as_ref()).into_owned())
+}
+
+/// The layer of raw bottlenecks: with standardisation, `layer` works on standardised
+/// ones, and callbacks and callers always get it folded.
+fn handed_out<'a>(
+    layer: &'a FinalLayer,
+    standardizer: Option<&Standardizer>,
+) -> Cow<'a, FinalLayer> {
+    match standardizer {
+        Some(standardizer) => Cow::Owned(standardizer.fold(layer)),
+        None => Cow::Borrowed(layer),
+    }
 }
 
 /// Refuses a batch of `size` bottlenecks of `dim` floats over [`MAX_BATCH_BYTES`], naming
@@ -203,6 +240,7 @@ mod tests {
             eval_step_interval: 10,
             seed: 42,
             snapshot_every: Some(100),
+            final_layer: FinalLayerRecipe::PLAIN,
         }
     }
 
@@ -238,6 +276,108 @@ mod tests {
         let a = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {}).unwrap();
         let b = train(&training, &empty, 3, &options(50), |_, _| {}, |_, _| {}).unwrap();
         assert_eq!(a, b);
+    }
+
+    /// Blobs whose values have very different offsets and spreads, as concatenated
+    /// bottlenecks of two backbones may.
+    fn uneven_blobs(per_class: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
+        let examples = blobs(per_class, seed);
+        let (mut features, labels) = examples
+            .gather(&(0..examples.len()).collect::<Vec<_>>())
+            .unwrap();
+        for (d, mut column) in features.columns_mut().into_iter().enumerate() {
+            let (scale, offset) = (10f32.powi(d as i32 % 4 - 2), d as f32);
+            column.mapv_inplace(|x| x * scale + offset);
+        }
+        (features, labels)
+    }
+
+    #[test]
+    fn standardised_training_is_training_on_standardised_bottlenecks_folded() {
+        let (features, labels) = uneven_blobs(30, 6);
+        let raw = examples_of(features.clone(), labels.clone(), 3);
+        let standardizer = Standardizer::of(&raw).unwrap();
+        let rows: Vec<&[f32]> = features
+            .rows()
+            .into_iter()
+            .map(|r| r.to_slice().unwrap())
+            .collect();
+        let mut values = Vec::new();
+        let standardized = standardizer.apply(&rows, &mut values);
+        let standardized = Array2::from_shape_vec(features.dim(), standardized.concat()).unwrap();
+        let on_standardized = examples_of(standardized.clone(), labels.clone(), 3);
+        let empty = examples_of(Array2::zeros((0, 8)), vec![], 3);
+        let mut options = options(200);
+        options.final_layer.weight_decay = 0.05;
+        let plain = train(&on_standardized, &empty, 3, &options, |_, _| {}, |_, _| {}).unwrap();
+        options.final_layer.standardize = true;
+        let mut evaluated = Vec::new();
+        let folded = train(
+            &raw,
+            &empty,
+            3,
+            &options,
+            |_, layer| evaluated.push(layer.clone()),
+            |_, _| {},
+        )
+        .unwrap();
+        // The same weights were trained, bit for bit; the caller gets them folded.
+        assert_eq!(folded, standardizer.fold(&plain));
+        assert_eq!(evaluated.last(), Some(&folded));
+        assert_ne!(folded, plain);
+        let on_raw = folded.probabilities(features.view());
+        let reference = plain.probabilities(standardized.view());
+        let largest = (&on_raw - &reference)
+            .mapv(f32::abs)
+            .fold(0f32, |m, &v| m.max(v));
+        assert!(largest < 1e-5, "{largest}");
+        assert_eq!(accuracy(&on_raw, &labels), 1.0);
+    }
+
+    #[test]
+    fn standardizer_measures_each_value_and_leaves_constant_ones_unscaled() {
+        let features = Array2::from_shape_vec(
+            (4, 3),
+            vec![
+                1.0, 5.0, 2.0, //
+                3.0, 5.0, 4.0, //
+                1.0, 5.0, 6.0, //
+                3.0, 5.0, 8.0,
+            ],
+        )
+        .unwrap();
+        let examples = examples_of(features.clone(), vec![0, 1, 0, 1], 2);
+        let standardizer = Standardizer::of(&examples).unwrap();
+        let rows: Vec<&[f32]> = features
+            .rows()
+            .into_iter()
+            .map(|r| r.to_slice().unwrap())
+            .collect();
+        let mut values = Vec::new();
+        let standardized = standardizer.apply(&rows, &mut values);
+        assert_eq!(standardized[0], [-1.0, 0.0, (2.0 - 5.0) / 5f32.sqrt()]);
+        assert_eq!(standardized[3], [1.0, 0.0, (8.0 - 5.0) / 5f32.sqrt()]);
+        assert_eq!(standardized.len(), 4);
+    }
+
+    #[test]
+    fn weight_decay_shrinks_the_weights_and_still_separates() {
+        let training = blobs(40, 7);
+        let validation = blobs(20, 8);
+        let empty = examples_of(Array2::zeros((0, 8)), vec![], 3);
+        let mut options = options(300);
+        let norm = |layer: &FinalLayer| layer.weights.mapv(|w| w * w).sum().sqrt();
+        let plain = train(&training, &empty, 3, &options, |_, _| {}, |_, _| {}).unwrap();
+        options.final_layer.weight_decay = 0.5;
+        let decayed = train(&training, &empty, 3, &options, |_, _| {}, |_, _| {}).unwrap();
+        assert!(
+            norm(&decayed) < 0.8 * norm(&plain),
+            "{} {}",
+            norm(&decayed),
+            norm(&plain)
+        );
+        let probabilities = decayed.probabilities_of(&validation).unwrap();
+        assert_eq!(accuracy(&probabilities, &validation.labels), 1.0);
     }
 
     #[test]
