@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod distorted;
+pub mod hash_memo;
 pub mod matrix;
 
 use std::fs;
@@ -16,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+#[cfg(test)]
 use sha2::{Digest, Sha256};
 
 pub use cache::Cache;
+use hash_memo::HashMemo;
 pub use matrix::{BottleneckMatrix, MatrixWriter, DEFAULT_MATRIX_MEMORY};
 
 use crate::backbone::{Backbone, Plan};
@@ -149,11 +152,19 @@ pub fn extract_scoped(
     // Phase 1: hash every image; cached vectors go straight into the matrix, which takes
     // its width from the first one (so a warm run loads no model).
     let matrix = LazyMatrix::new(cache.dir(), images.len(), scope.matrix_memory);
+    let memo = HashMemo::open(cache.dir());
     let mut lookups: Vec<Lookup> = images
         .par_iter()
         .enumerate()
-        .map(|(row, image)| lookup(row, image, cache, &matrix, scope.shard))
+        .map(|(row, image)| lookup(row, image, cache, &matrix, &memo, scope.shard))
         .collect();
+    if let Err(e) = memo.save() {
+        crate::warn!(
+            "cannot remember the photos' hashes in {}: {} (the next run hashes them again)",
+            cache.dir().display(),
+            io_reason(&e)
+        );
+    }
     let misses = lookups
         .iter()
         .filter(|l| matches!(l, Lookup::Miss(_)))
@@ -317,11 +328,11 @@ fn lookup(
     image: &ImageEntry,
     cache: &Cache,
     matrix: &LazyMatrix,
+    memo: &HashMemo,
     shard: Option<Shard>,
 ) -> Lookup {
-    match fs::read(&image.path) {
-        Ok(bytes) => {
-            let sha: [u8; 32] = Sha256::digest(&bytes).into();
+    match memo.sha256_of(&image.path) {
+        Ok(sha) => {
             if shard.is_some_and(|shard| !shard.contains(&sha)) {
                 return Lookup::Elsewhere;
             }
