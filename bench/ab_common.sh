@@ -23,8 +23,16 @@ ab_setup() {
     PHOTO=$(find "$IMAGE_DIR" -type f -name '*.jpg' | sort | sed -n 1p)
 }
 
-seconds() { # seconds COMMAND...: wall time of one run, in seconds
+# AB_CLOCK=cpu: `seconds` gives the run's CPU time (user + system, all threads, from
+# `perf stat`'s task clock) instead of its wall time: the steadier figure on a machine
+# other jobs share.
+seconds() { # seconds COMMAND...: wall (or CPU) time of one run, in seconds
     local start end
+    if [ "${AB_CLOCK:-wall}" = cpu ]; then
+        perf stat -x, -e task-clock -o "$WORK/task-clock" "$@" >/dev/null 2>&1
+        awk -F, '$3 ~ /task-clock/ {printf "%.6f\n", $1 / 1000}' "$WORK/task-clock"
+        return
+    fi
     start=$(date +%s.%N)
     "$@" >/dev/null 2>&1
     end=$(date +%s.%N)

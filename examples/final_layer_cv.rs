@@ -31,7 +31,7 @@ use rayon::prelude::*;
 
 use flowers::backbone::{Backbone, ModelSource, Overrides};
 use flowers::bottleneck::distorted::{extract_distorted, PoolSpec};
-use flowers::bottleneck::{extract_all, BottleneckMatrix, Cache, MatrixWriter};
+use flowers::bottleneck::{extract_all, BottleneckMatrix, Cache, MatrixWriter, Part};
 use flowers::dataset::{Dataset, ImageEntry};
 use flowers::image::{parse_channels, Distortions};
 use flowers::train::{accuracy, train, Examples, FinalLayerRecipe, TrainingOptions};
@@ -311,7 +311,11 @@ fn distorted(
             matrix_memory: 1 << 32,
             require_cached: false,
         };
-        let (pool, report) = extract_distorted(&hashed, &part.backbone, &part.cache, &spec)?;
+        let only = [Part {
+            backbone: &part.backbone,
+            cache: &part.cache,
+        }];
+        let (pool, report) = extract_distorted(&hashed, &only, &spec)?;
         eprintln!(
             "{}: {copies} distorted copies per photo, {} cached, {} computed",
             part.name, report.cached, report.computed

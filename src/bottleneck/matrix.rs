@@ -77,10 +77,24 @@ impl BottleneckMatrix {
         rows: &[usize],
         scratch: &'a mut Vec<f32>,
     ) -> Result<Vec<&'a [f32]>> {
+        let mut slices = Vec::with_capacity(rows.len());
+        self.rows_into(rows, scratch, &mut slices)?;
+        Ok(slices)
+    }
+
+    /// [`BottleneckMatrix::rows_in`] into `slices` (cleared first), allocating nothing
+    /// once `slices` and `scratch` have the room.
+    pub fn rows_into<'a>(
+        &'a self,
+        rows: &[usize],
+        scratch: &'a mut Vec<f32>,
+        slices: &mut Vec<&'a [f32]>,
+    ) -> Result<()> {
         assert!(
             rows.iter().all(|&r| r < self.rows),
             "rows inside the matrix"
         );
+        slices.clear();
         let dim = self.dim;
         let values: &[f32] = match &self.storage {
             Storage::Mapped(map) => bytemuck::cast_slice(&map[..self.rows * dim * 4]),
@@ -97,15 +111,12 @@ impl BottleneckMatrix {
                             )
                         })?;
                 }
-                return Ok((0..rows.len())
-                    .map(|i| &scratch[i * dim..(i + 1) * dim])
-                    .collect());
+                slices.extend((0..rows.len()).map(|i| &scratch[i * dim..(i + 1) * dim]));
+                return Ok(());
             }
         };
-        Ok(rows
-            .iter()
-            .map(|&row| &values[row * dim..(row + 1) * dim])
-            .collect())
+        slices.extend(rows.iter().map(|&row| &values[row * dim..(row + 1) * dim]));
+        Ok(())
     }
 
     /// The rows `rows`, in that order, copied out (`rows.len() x dim`).

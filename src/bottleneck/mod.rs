@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod distorted;
+pub mod hash_memo;
 pub mod matrix;
 
 use std::fs;
@@ -16,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+#[cfg(test)]
 use sha2::{Digest, Sha256};
 
 pub use cache::Cache;
+use hash_memo::HashMemo;
 pub use matrix::{BottleneckMatrix, MatrixWriter, DEFAULT_MATRIX_MEMORY};
 
 use crate::backbone::{Backbone, Backbones, Plan};
@@ -177,13 +180,23 @@ pub fn extract_scoped(
 ) -> Result<(Bottlenecks, ExtractionReport)> {
     let start = Instant::now();
     // Phase 1: hash every image; rows wholly cached go straight into the matrix, which
-    // takes its width from the first one (so a warm run loads no model).
-    let matrix = LazyMatrix::new(parts[0].cache.dir(), images.len(), scope.matrix_memory);
+    // takes its width from the first one (so a warm run loads no model). The photos'
+    // hashes are remembered in the first backbone's cache, whatever the others.
+    let cache_dir = parts[0].cache.dir();
+    let matrix = LazyMatrix::new(cache_dir, images.len(), scope.matrix_memory);
+    let memo = HashMemo::open(cache_dir);
     let mut lookups: Vec<Lookup> = images
         .par_iter()
         .enumerate()
-        .map(|(row, image)| lookup(row, image, parts, &matrix, scope.shard))
+        .map(|(row, image)| lookup(row, image, parts, &matrix, &memo, scope.shard))
         .collect();
+    if let Err(e) = memo.save() {
+        crate::warn!(
+            "cannot remember the photos' hashes in {}: {} (the next run hashes them again)",
+            cache_dir.display(),
+            io_reason(&e)
+        );
+    }
     let misses = lookups.iter().filter(|l| l.is_miss()).count();
     if scope.require_cached && misses > 0 {
         bail!(
@@ -407,11 +420,11 @@ fn lookup(
     image: &ImageEntry,
     parts: &[Part],
     matrix: &LazyMatrix,
+    memo: &HashMemo,
     shard: Option<Shard>,
 ) -> Lookup {
-    match fs::read(&image.path) {
-        Ok(bytes) => {
-            let sha: [u8; 32] = Sha256::digest(&bytes).into();
+    match memo.sha256_of(&image.path) {
+        Ok(sha) => {
             if shard.is_some_and(|shard| !shard.contains(&sha)) {
                 return Lookup::Elsewhere;
             }

@@ -22,6 +22,27 @@ pub struct Examples {
     by_class: Vec<Vec<usize>>,
 }
 
+/// What taking a training batch needs, kept from one step to the next so that a step
+/// allocates nothing.
+#[derive(Debug, Default)]
+pub(super) struct BatchBuffers {
+    picks: Vec<usize>,
+    rows: Vec<usize>,
+    labels: Vec<usize>,
+    /// The batch's values when the matrix is streamed from its file.
+    values: Vec<f32>,
+}
+
+/// An empty vector of row slices with `rows`' allocation: lets the buffer of a step's
+/// borrowed rows outlive the borrows, since it is empty whenever it is kept. (Collecting
+/// a vector's `into_iter` into one of the same layout reuses its allocation.)
+pub(super) fn recycle<'b>(mut rows: Vec<&[f32]>) -> Vec<&'b [f32]> {
+    rows.clear();
+    rows.into_iter()
+        .map(|_| -> &'b [f32] { unreachable!("cleared") })
+        .collect()
+}
+
 /// Rows gathered at a time when a whole split is evaluated, so evaluation memory does
 /// not grow with the split (4096 rows of 1024 floats: 16 MB).
 const EVALUATION_CHUNK: usize = 4096;
@@ -92,14 +113,32 @@ impl Examples {
     /// retrain.py's sampling: pick a class uniformly, then an image of it uniformly, with
     /// replacement. Classes without examples are never picked.
     pub(super) fn sample_rows(&self, count: usize, rng: &mut impl Rng) -> Vec<usize> {
-        let classes: Vec<&Vec<usize>> = self.by_class.iter().filter(|r| !r.is_empty()).collect();
-        (0..count)
-            .map(|_| {
-                let rows = classes[rng.random_range(0..classes.len())];
-                let pick = rng.random_range(0..=MAX_NUM_IMAGES_PER_CLASS) as usize;
-                rows[pick % rows.len()]
-            })
-            .collect()
+        let mut picks = Vec::with_capacity(count);
+        self.sample_rows_into(count, rng, &mut picks);
+        picks
+    }
+
+    /// [`Examples::sample_rows`] into `picks`, allocating nothing once it has the room.
+    pub(super) fn sample_rows_into(
+        &self,
+        count: usize,
+        rng: &mut impl Rng,
+        picks: &mut Vec<usize>,
+    ) {
+        let classes = self.by_class.iter().filter(|r| !r.is_empty());
+        let used = classes.clone().count();
+        let every_class = used == self.by_class.len();
+        picks.clear();
+        picks.extend((0..count).map(|_| {
+            let class = rng.random_range(0..used);
+            let rows = if every_class {
+                &self.by_class[class]
+            } else {
+                classes.clone().nth(class).expect("a class with examples")
+            };
+            let pick = rng.random_range(0..=MAX_NUM_IMAGES_PER_CLASS) as usize;
+            rows[pick % rows.len()]
+        }));
     }
 
     /// The bottlenecks of the examples `picks` as rows (see [`BottleneckMatrix::rows_in`]),
@@ -113,6 +152,31 @@ impl Examples {
         let features = self.matrix.rows_in(&rows, scratch)?;
         let labels = picks.iter().map(|&e| self.labels[e]).collect();
         Ok((features, labels))
+    }
+
+    /// A training batch: `count` examples sampled as [`Examples::sample_rows`] does, their
+    /// bottlenecks as rows into `features` and their labels, all in buffers kept from one
+    /// step to the next.
+    pub(super) fn batch_into<'a>(
+        &'a self,
+        count: usize,
+        rng: &mut impl Rng,
+        buffers: &'a mut BatchBuffers,
+        features: &mut Vec<&'a [f32]>,
+    ) -> Result<&'a [usize]> {
+        let BatchBuffers {
+            picks,
+            rows,
+            labels,
+            values,
+        } = buffers;
+        self.sample_rows_into(count, rng, picks);
+        rows.clear();
+        rows.extend(picks.iter().map(|&e| self.origin[e]));
+        labels.clear();
+        labels.extend(picks.iter().map(|&e| self.labels[e]));
+        self.matrix.rows_into(rows, values, features)?;
+        Ok(labels)
     }
 
     /// Features and labels of the examples `picks`.

@@ -2,7 +2,7 @@
 //! measures of how well it does.
 
 use anyhow::Result;
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2};
 use rand::Rng;
 
 use super::products::{self, Panel};
@@ -56,24 +56,38 @@ impl FinalLayer {
 
     /// [`FinalLayer::probabilities`] of bottlenecks given as rows.
     pub(super) fn probabilities_of_rows(&self, rows: &[&[f32]], panel: &mut Panel) -> Array2<f32> {
+        let mut probabilities = Array2::zeros((rows.len(), self.biases.len()));
+        self.probabilities_into(rows, panel, &mut probabilities);
+        probabilities
+    }
+
+    /// [`FinalLayer::probabilities_of_rows`] into `out`, which is replaced only when the
+    /// batch's shape changes: training takes its probabilities every step.
+    pub(super) fn probabilities_into(
+        &self,
+        rows: &[&[f32]],
+        panel: &mut Panel,
+        out: &mut Array2<f32>,
+    ) {
         let classes = self.biases.len();
-        let mut logits = Array2::zeros((rows.len(), classes));
+        if out.dim() != (rows.len(), classes) || !out.is_standard_layout() {
+            *out = Array2::zeros((rows.len(), classes));
+        }
         let weights = self.weights.as_standard_layout();
         products::logits(
             rows,
             weights.as_slice().expect("standard layout"),
             classes,
             panel,
-            logits.as_slice_mut().expect("a fresh array is contiguous"),
+            out.as_slice_mut().expect("standard layout"),
         );
-        let mut logits = logits + &self.biases;
-        for mut row in logits.rows_mut() {
+        *out += &self.biases;
+        for mut row in out.rows_mut() {
             let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             row.mapv_inplace(|v| (v - max).exp());
             let sum = row.sum();
             row /= sum;
         }
-        logits
     }
 
     /// Class probabilities of every example, one row each, computed a chunk at a time.
@@ -99,16 +113,17 @@ impl FinalLayer {
         decay: f32,
         scratch: &mut StepScratch,
     ) {
-        let mut gradient = self.probabilities_of_rows(rows, &mut scratch.panel);
+        let gradient = &mut scratch.gradient;
+        self.probabilities_into(rows, &mut scratch.panel, gradient);
         for (row, &label) in labels.iter().enumerate() {
             gradient[[row, label]] -= 1.0;
         }
-        gradient /= labels.len() as f32;
+        *gradient /= labels.len() as f32;
         let (dim, classes) = self.weights.dim();
         scratch.weight_gradient.resize(dim * classes, 0.0);
         products::weight_gradient(
             rows,
-            gradient.as_slice().expect("a fresh array is contiguous"),
+            gradient.as_slice().expect("standard layout"),
             classes,
             &mut scratch.weight_gradient,
         );
@@ -119,7 +134,17 @@ impl FinalLayer {
             self.weights *= 1.0 - rate * decay;
         }
         self.weights.scaled_add(-rate, &weight_gradient);
-        self.biases.scaled_add(-rate, &gradient.sum_axis(Axis(0)));
+        // The rows summed in order from zero, as ndarray's `sum_axis(Axis(0))` does.
+        let bias_gradient = &mut scratch.bias_gradient;
+        bias_gradient.clear();
+        bias_gradient.resize(classes, 0.0);
+        for row in gradient.rows() {
+            for (total, &g) in bias_gradient.iter_mut().zip(row) {
+                *total += g;
+            }
+        }
+        self.biases
+            .scaled_add(-rate, &ArrayView1::from(&bias_gradient[..]));
     }
 }
 
@@ -127,7 +152,10 @@ impl FinalLayer {
 #[derive(Debug, Default)]
 pub(super) struct StepScratch {
     pub(super) panel: Panel,
+    /// The batch's probabilities, then the gradient at the logits.
+    gradient: Array2<f32>,
     weight_gradient: Vec<f32>,
+    bias_gradient: Vec<f32>,
 }
 
 pub(super) fn truncated_normal(rng: &mut impl Rng) -> f32 {
@@ -188,6 +216,7 @@ pub fn predictions(probabilities: &Array2<f32>) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Axis;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -245,6 +274,8 @@ mod tests {
         let mut reference = ours.clone();
         let mut scratch = StepScratch::default();
         for step in 0..60 {
+            // Batches of other sizes now and then: the kept probabilities are reshaped.
+            let batch = if step % 7 == 3 { batch - 37 } else { batch };
             let features =
                 Array2::from_shape_simple_fn((batch, dim), || rng.random_range(0.0f32..6.0));
             let labels: Vec<usize> = (0..batch).map(|r| (r * 7 + step) % classes).collect();
@@ -256,13 +287,14 @@ mod tests {
             ours.sgd_step(&rows, &labels, 0.01, 0.0, &mut scratch);
             dot_step(&mut reference, &features, &labels, 0.01);
             assert_eq!(ours, reference, "step {step}");
+            let bits = |values: &[f32]| values.iter().map(|w| w.to_bits()).collect::<Vec<_>>();
             assert_eq!(
-                ours.weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
-                reference
-                    .weights
-                    .iter()
-                    .map(|w| w.to_bits())
-                    .collect::<Vec<_>>()
+                bits(ours.weights.as_slice().unwrap()),
+                bits(reference.weights.as_slice().unwrap())
+            );
+            assert_eq!(
+                bits(ours.biases.as_slice().unwrap()),
+                bits(reference.biases.as_slice().unwrap())
             );
         }
     }

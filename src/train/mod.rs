@@ -10,10 +10,12 @@ mod standardize;
 use std::borrow::Cow;
 
 use anyhow::{bail, Result};
+use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use examples::Examples;
+use examples::{recycle, BatchBuffers};
 use final_layer::StepScratch;
 pub use final_layer::{accuracy, cross_entropy, predictions, FinalLayer};
 pub use recipe::FinalLayerRecipe;
@@ -91,18 +93,29 @@ pub fn train(
         .transpose()?;
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
     let mut scratch = StepScratch::default();
-    let mut batch = Vec::new();
+    let mut buffers = BatchBuffers::default();
+    let mut spare_rows = Vec::new();
     let mut standardized = Vec::new();
+    let mut probabilities = Array2::zeros((0, 0));
     for step in 0..options.steps {
-        let picks = training.sample_rows(options.train_batch_size, &mut rng);
-        let (features, labels) = training.rows_in(&picks, &mut batch)?;
-        let features = match &standardizer {
-            Some(standardizer) => standardizer.apply(&features, &mut standardized),
-            None => features,
+        let mut features = recycle(std::mem::take(&mut spare_rows));
+        let labels = training.batch_into(
+            options.train_batch_size,
+            &mut rng,
+            &mut buffers,
+            &mut features,
+        )?;
+        let standardized_rows;
+        let rows = match &standardizer {
+            Some(standardizer) => {
+                standardized_rows = standardizer.apply(&features, &mut standardized);
+                &standardized_rows
+            }
+            None => &features,
         };
         layer.sgd_step(
-            &features,
-            &labels,
+            rows,
+            labels,
             options.learning_rate,
             options.final_layer.weight_decay,
             &mut scratch,
@@ -116,12 +129,12 @@ pub fn train(
         }
         let last = step + 1 == options.steps;
         if last || step % options.eval_step_interval.max(1) == 0 {
-            let probabilities = layer.probabilities_of_rows(&features, &mut scratch.panel);
+            layer.probabilities_into(rows, &mut scratch.panel, &mut probabilities);
             let out = handed_out(&layer, standardizer.as_ref());
             let evaluation = Evaluation {
                 step,
-                train_accuracy: accuracy(&probabilities, &labels),
-                cross_entropy: cross_entropy(&probabilities, &labels),
+                train_accuracy: accuracy(&probabilities, labels),
+                cross_entropy: cross_entropy(&probabilities, labels),
                 validation: validate(&out, validation, options, &mut rng, &mut scratch)?,
             };
             on_evaluation(&evaluation, &out);
@@ -132,6 +145,7 @@ pub fn train(
         {
             on_snapshot(step, &handed_out(&layer, standardizer.as_ref()));
         }
+        spare_rows = recycle(features);
     }
     Ok(handed_out(&layer, standardizer.as_ref()).into_owned())
 }
@@ -229,6 +243,69 @@ mod tests {
         }
         let matrix = Arc::new(writer.finish().unwrap());
         Examples::new(matrix, (0..rows).collect(), labels, classes)
+    }
+
+    /// retrain.py's class-balanced sampling as it was written before the kept buffers.
+    fn reference_picks(
+        labels: &[usize],
+        classes: usize,
+        count: usize,
+        rng: &mut impl Rng,
+    ) -> Vec<usize> {
+        let mut by_class = vec![Vec::new(); classes];
+        for (example, &label) in labels.iter().enumerate() {
+            by_class[label].push(example);
+        }
+        let used: Vec<&Vec<usize>> = by_class.iter().filter(|r| !r.is_empty()).collect();
+        (0..count)
+            .map(|_| {
+                let rows = used[rng.random_range(0..used.len())];
+                let pick = rng.random_range(0..=crate::dataset::MAX_NUM_IMAGES_PER_CLASS) as usize;
+                rows[pick % rows.len()]
+            })
+            .collect()
+    }
+
+    /// The batch a step takes through its kept buffers is the one retrain.py's sampling
+    /// picks with the same random numbers: mapped or streamed, with every class or with
+    /// some that have no example.
+    #[test]
+    fn batches_from_kept_buffers_are_the_sampled_rows() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let features = Array2::from_shape_simple_fn((40, 6), || rng.random_range(-1.0f32..1.0));
+        for memory in [1 << 20, 64] {
+            let writer = MatrixWriter::create(&std::env::temp_dir(), 40, 6, memory).unwrap();
+            for (row, values) in features.outer_iter().enumerate() {
+                writer.write_row(row, values.as_slice().unwrap());
+            }
+            let matrix = Arc::new(writer.finish().unwrap());
+            assert_eq!(matrix.is_streamed(), memory == 64);
+            for (classes, names) in [(3, [0, 1, 2]), (5, [0, 1, 3])] {
+                let labels: Vec<usize> = (0..40).map(|r| names[r % 3]).collect();
+                let examples =
+                    Examples::new(matrix.clone(), (0..40).collect(), labels.clone(), classes);
+                let (mut old_rng, mut new_rng) =
+                    (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+                let mut buffers = BatchBuffers::default();
+                let mut spare = Vec::new();
+                for count in [7, 32, 1, 32] {
+                    let picks = reference_picks(&labels, classes, count, &mut old_rng);
+                    let expected_labels: Vec<usize> = picks.iter().map(|&e| labels[e]).collect();
+                    let expected_rows: Vec<Vec<f32>> =
+                        picks.iter().map(|&e| features.row(e).to_vec()).collect();
+                    let mut rows = recycle(std::mem::take(&mut spare));
+                    let labels = examples
+                        .batch_into(count, &mut new_rng, &mut buffers, &mut rows)
+                        .unwrap();
+                    assert_eq!(labels, &expected_labels[..]);
+                    assert_eq!(
+                        rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+                        expected_rows
+                    );
+                    spare = recycle(rows);
+                }
+            }
+        }
     }
 
     fn options(steps: usize) -> TrainingOptions {
