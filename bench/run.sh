@@ -20,7 +20,7 @@
 #   and per-image inference on ONE thread for each shared backbone found in
 #   $SHARED_MODELS (default ../shared/models): bench/onnxruntime_one_thread.py against
 #   `examples/backbone_speed --flowers-only` (on AVX-512 CPUs also with FLOWERS_KERNELS=avx2:
-#   the default there is the channel-first 512-bit ops, avx2 the blocked 256-bit ones; the
+#   the default there is the blocked ops' 512-bit kernels, avx2 their 256-bit ones; the
 #   faster of the two should be that CPU's default), in ONE_THREAD_ROUNDS rounds of back-to-back
 #   measurements whose order is swapped every round; the ratio is the median of the rounds'.
 # The CPU model and its SIMD flags are printed first: quote them with every figure.
