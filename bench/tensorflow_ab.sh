@@ -23,7 +23,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-. bench/ab_common.sh
+# shellcheck source=bench/ab_common.sh
+. bench/ab_common.sh # median
 FLOWERS=$(realpath "$1")
 IMAGE_DIR=$(cd "${2:-../shared/data/flower_photos}" && pwd)
 ROUNDS=${3:-3}
@@ -53,12 +54,12 @@ for size in $SIZES; do
 done
 
 run_flowers() { # run_flowers SIZE THREADS
-    local cache="$WORK/cache" threads=()
+    local cache="$WORK/cache" flags=()
     rm -rf "$cache"
-    [ "$2" = all ] || threads=(--threads "$2")
+    [ "$2" = all ] || flags=(--threads "$2")
     timed "$FLOWERS" extract --architecture "mobilenet_0.25_$1" \
         --model-dir "$WORK/models-$1" --image-dir "$IMAGE_DIR" --bottleneck-dir "$cache" \
-        "${threads[@]}" -q
+        "${flags[@]}" -q
 }
 
 timed() { # timed COMMAND...: "wall cpu" seconds of one run (cpu = user + system)
