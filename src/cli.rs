@@ -871,6 +871,9 @@ impl BackboneArgs {
         if choices.is_empty() {
             choices.push(Choice::embedded());
         }
+        if choices.len() > 1 {
+            refuse_tensorflow_names(self.architecture.as_deref().unwrap_or(""))?;
+        }
         let flags = self.overrides()?;
         match choices.as_mut_slice() {
             [only] => only.overrides = merged(&only.overrides, flags),
@@ -946,6 +949,21 @@ fn architecture_names(text: &str) -> Result<Vec<&str>, String> {
         }
     }
     Ok(names)
+}
+
+/// A combination is of ONNX backbones: a TensorFlow name in one is refused before its
+/// archive is downloaded (a file is refused once loaded, see `backbone::combined`).
+fn refuse_tensorflow_names(text: &str) -> Result<(), String> {
+    let names = text.split('+').filter(|n| !n.trim().is_empty());
+    for name in names {
+        let known = crate::backbone::registry::find(name.trim()).map_err(|e| e.to_string())?;
+        if known.format == crate::backbone::ModelFormat::TensorFlow {
+            return Err(format!(
+                "--architecture {name} is a TensorFlow backbone: backbones are combined only when all are ONNX (one retrained graph holds them all); use it alone"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The keys `--model FILE:key=value,...` takes.
@@ -1276,6 +1294,11 @@ mod tests {
         assert!(architecture_names("+mobilenet_v1_1.0_224")
             .unwrap_err()
             .contains("empty name"));
+        let tensorflow = refuse_tensorflow_names("mobilenet_v1_1.0_224+mobilenet_0.25_224");
+        assert!(tensorflow
+            .unwrap_err()
+            .contains("mobilenet_0.25_224 is a TensorFlow backbone"));
+        assert!(refuse_tensorflow_names("mobilenet_v1_1.0_224+efficientnet_lite0").is_ok());
     }
 
     #[test]

@@ -200,7 +200,7 @@ fn architectures_lists_every_entry_and_what_is_on_disk() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 42);
+    assert_eq!(rows.len(), 43);
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
     assert_eq!(row("mobilenet_v1_1.0_224")["on_disk"], true);
     assert_eq!(row("mobilenet_0.25_224")["on_disk"], true);

@@ -3,7 +3,9 @@
 //!
 //! [`cache`] keeps one file per (image content, backbone) on disk; [`matrix`] holds the
 //! run's vectors in a memory-mapped scratch file, one row per image; [`extract_all`] fills
-//! the matrix from the cache and computes what is missing.
+//! the matrix from the cache and computes what is missing. With combined backbones
+//! ([`extract_scoped`] with several [`Part`]s) a row is the concatenation of each
+//! backbone's vector, each cached in its own backbone's folder.
 
 pub mod cache;
 pub mod distorted;
