@@ -96,7 +96,7 @@ for row in "${rows[@]}"; do
     # shellcheck disable=SC2046
     json=$("$flowers" extract --image-dir "$photos" --bottleneck-dir "$work/fresh" --threads 2 \
         --json --quiet $(flags_of "$row"))
-    speed[$row]=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(f"{s[\"computed\"]/s[\"seconds\"]:.1f}")' "$json")
+    speed[$row]=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print("%.1f" % (s["computed"] / s["seconds"]))' "$json")
     cp -r "$work/fresh/." "$work/bn/"
     echo "$row: ${speed[$row]} img/s" >&2
     # Graph size: a short retrain on the warm cache.

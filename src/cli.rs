@@ -443,19 +443,20 @@ pub struct RetrainArgs {
 
     /// Distorted copies per training image, computed once and cached, that training
     /// samples from where retrain.py distorted afresh at every step (see README).
-    #[arg(long, value_name = "K", default_value_t = 10, help_heading = "Distortions",
+    #[arg(long, value_name = "K", default_value_t = 5, help_heading = "Distortions",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub distorted_copies: u32,
 
     /// Standardise each bottleneck value by the training bottlenecks' mean and standard
     /// deviation before the final layer (folded into its weights: the graph is unchanged in
-    /// form). `--standardize` alone means on [default: off for one backbone].
+    /// form). `--standardize` alone means on [default: off; it lost in cross-validation,
+    /// see README].
     #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true,
           default_missing_value = "on", value_parser = on_off, help_heading = "Final layer")]
     pub standardize: Option<bool>,
 
     /// L2 weight decay of the final layer's weights: F * w is added to each weight's
-    /// gradient [default: 0 for one backbone].
+    /// gradient [default: 0].
     #[arg(long, value_name = "F", value_parser = weight_decay, help_heading = "Final layer")]
     pub weight_decay: Option<f32>,
 
@@ -1225,6 +1226,43 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    /// The final layer's recipe `flowers retrain ARGS` asks for, or the one-line error.
+    fn final_layer_of(args: &[&str]) -> Result<FinalLayerRecipe, String> {
+        let line = ["flowers", "retrain", "--image-dir", "photos"]
+            .iter()
+            .chain(args);
+        let cli = Cli::try_parse_from(line).map_err(|e| e.to_string())?;
+        match cli.into_request()? {
+            Request::Run(options::Command::Retrain(options)) => Ok(options.training.final_layer),
+            _ => unreachable!("a retrain command line"),
+        }
+    }
+
+    #[test]
+    fn final_layer_flags_set_the_recipe_and_refuse_what_would_break_it() {
+        assert_eq!(
+            final_layer_of(&[]).unwrap(),
+            FinalLayerRecipe::default_for(1)
+        );
+        let on = final_layer_of(&["--standardize", "--weight-decay", "0.01"]).unwrap();
+        assert_eq!((on.standardize, on.weight_decay), (true, 0.01));
+        assert!(!final_layer_of(&["--standardize=off"]).unwrap().standardize);
+        assert!(final_layer_of(&["--standardize=on"]).unwrap().standardize);
+        let error = final_layer_of(&["--standardize=maybe"]).unwrap_err();
+        assert!(error.contains("expected on or off"), "{error}");
+        for bad in ["-1", "nan", "inf", "x"] {
+            let error = final_layer_of(&[&format!("--weight-decay={bad}")]).unwrap_err();
+            assert!(error.contains("--weight-decay"), "{bad}: {error}");
+        }
+        let error =
+            final_layer_of(&["--weight-decay", "100", "--learning-rate", "0.01"]).unwrap_err();
+        assert!(
+            error.starts_with("--weight-decay 100 times --learning-rate 0.01"),
+            "{error}"
+        );
+        assert!(final_layer_of(&["--weight-decay", "99", "--learning-rate", "0.01"]).is_ok());
     }
 
     #[test]
