@@ -816,7 +816,12 @@ impl RetrainArgs {
                 seed: self.seed,
                 snapshot_every: (self.intermediate_store_frequency > 0)
                     .then_some(self.intermediate_store_frequency as usize),
-                final_layer: final_layer(self.standardize, self.weight_decay, self.learning_rate)?,
+                final_layer: final_layer(
+                    backbones.len(),
+                    self.standardize,
+                    self.weight_decay,
+                    self.learning_rate,
+                )?,
             },
             intermediate_output_graphs_dir: self
                 .intermediate_output_graphs_dir
@@ -1103,14 +1108,15 @@ fn weight_decay(text: &str) -> Result<f32, String> {
     }
 }
 
-/// The final layer's recipe: the default for one backbone, with what the user gave. A decay
-/// of 1 / --learning-rate or more would flip every weight's sign at each step.
+/// The final layer's recipe: the default for that many backbones, with what the user gave.
+/// A decay of 1 / --learning-rate or more would flip every weight's sign at each step.
 fn final_layer(
+    backbones: usize,
     standardize: Option<bool>,
     weight_decay: Option<f32>,
     learning_rate: f32,
 ) -> Result<FinalLayerRecipe, String> {
-    let recipe = FinalLayerRecipe::chosen(1, standardize, weight_decay);
+    let recipe = FinalLayerRecipe::chosen(backbones, standardize, weight_decay);
     if recipe.weight_decay * learning_rate >= 1.0 {
         return Err(format!(
             "--weight-decay {} times --learning-rate {} is 1 or more, which flips the weights at every step: lower --weight-decay below {}",
