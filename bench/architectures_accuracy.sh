@@ -58,20 +58,21 @@ declare -A label=(
     [lite0]="EfficientNet-Lite0"
     [lite2]="EfficientNet-Lite2"
 )
-# Combinations: flowers' `--architecture A+B` names, read from --model-dir.
-COMBINED=(v1+lite0 v1+lite0+lite2 v1+v2)
-declare -A registry=(
-    [v1]=mobilenet_v1_1.0_224
-    [v2]=mobilenet_v2_1.0_224
-    [lite0]=efficientnet_lite0
-    [lite2]=efficientnet_lite2
+# Combinations: the embedded backbone by name (`--architecture`), the others as files
+# (`--model`, given once per backbone; names come before files, so v1 leads every row).
+COMBINED=(v1+lite0 v1+lite2 v1+lite0+lite2 v1+v2 v1+lite0+lite2+v2)
+declare -A file=(
+    [v2]=$work/models/mobilenet_v2_1.0_224.onnx
+    [lite0]=$work/models/efficientnet_lite0.onnx
+    [lite2]=$work/models/efficientnet_lite2.onnx
 )
 combined_flags() {
-    local parts=() part
+    local parts=() part out=""
     IFS=+ read -ra parts <<< "$1"
-    local joined=""
-    for part in "${parts[@]}"; do joined+="${joined:++}${registry[$part]}"; done
-    echo "--architecture $joined --model-dir $work/models"
+    for part in "${parts[@]}"; do
+        if [[ $part == v1 ]]; then out+=" --architecture mobilenet_v1_1.0_224"; else out+=" --model ${file[$part]}"; fi
+    done
+    echo "$out"
 }
 
 rows=("${names[@]}")
