@@ -9,11 +9,7 @@ use clap::Parser;
 
 use flowers::cli::{Cli, Request};
 use flowers::exit;
-use flowers::util::allocator::Allocator;
 use flowers::util::messages;
-
-#[global_allocator]
-static ALLOCATOR: Allocator = Allocator;
 
 fn main() -> ExitCode {
     flowers::util::panic_guard::install_panic_hook();

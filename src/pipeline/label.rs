@@ -25,9 +25,6 @@ pub fn run_command(options: &LabelOptions, out: &mut dyn Write) -> Result<u8> {
     if options.inputs.is_empty() {
         bail!("no images given: pass image files or folders, or --image FILE");
     }
-    // The graph's bytes, weights, packed weights and activations: large buffers, each
-    // filled about once in a short run.
-    crate::util::allocator::huge_pages_for_large_allocations();
     let graph = RetrainedGraph::load(&options.graph, options.labels.as_deref(), &options.flags)?;
     let pool = thread_pool(options.threads)?;
     let (files, unusable) = collect_inputs(&options.inputs);
