@@ -59,8 +59,8 @@ declare -A label=(
     [lite2]="EfficientNet-Lite2"
 )
 # Combinations: the embedded backbone by name (`--architecture`), the others as files
-# (`--model`, given once per backbone; names come before files, so v1 leads every row).
-COMBINED=(v1+lite0 v1+lite2 v1+lite0+lite2 v1+v2 v1+lite0+lite2+v2)
+# (`--model`, given once per backbone; names come before files, so v1 leads its rows).
+COMBINED=(v1+lite0 v1+lite2 lite0+lite2 v1+lite0+lite2 v1+v2 v1+lite0+lite2+v2)
 declare -A file=(
     [v2]=$work/models/mobilenet_v2_1.0_224.onnx
     [lite0]=$work/models/efficientnet_lite0.onnx
@@ -97,7 +97,10 @@ for row in "${rows[@]}"; do
     # shellcheck disable=SC2046
     json=$("$flowers" extract --image-dir "$photos" --bottleneck-dir "$work/fresh" --threads 2 \
         --json --quiet $(flags_of "$row"))
-    speed[$row]=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print("%.1f" % (s["computed"] / s["seconds"]))' "$json")
+    # `computed` counts vectors, one per photo and backbone: photos per second is that
+    # over the number of backbones in the row.
+    backbone_count=$(($(tr -cd + <<< "$row" | wc -c) + 1))
+    speed[$row]=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print("%.1f" % (s["computed"] / int(sys.argv[2]) / s["seconds"]))' "$json" "$backbone_count")
     cp -r "$work/fresh/." "$work/bn/"
     echo "$row: ${speed[$row]} img/s" >&2
     # Graph size: a short retrain on the warm cache.
