@@ -237,28 +237,14 @@ fn sole_binary_reader(
     model: &TypedModel,
     outlet: OutletId,
 ) -> TractResult<Option<(usize, TypedBinOp, Arc<Tensor>)>> {
-    let successors = model.outlet_successors(outlet);
-    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
-        return Ok(None);
-    }
-    let next = model.node(successors[0].node);
-    let Some(op) = next.op_as::<TypedBinOp>() else {
-        return Ok(None);
-    };
-    if next.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = next.inputs[1 - successors[0].slot];
-    let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
+    let Some((next, op, konst)) = super::sole_binary_reader(model, outlet)? else {
         return Ok(None);
     };
     let shape = konst.shape();
     let channel_only = shape.len() <= 4
         && shape.iter().rev().skip(1).all(|&d| d == 1)
         && konst.datum_type() == f32::datum_type();
-    let same_shape =
-        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
-    Ok((channel_only && same_shape).then(|| (next.id, op.clone(), konst)))
+    Ok(channel_only.then(|| (next.id, op.clone(), konst)))
 }
 
 #[cfg(test)]

@@ -251,6 +251,23 @@ fn bounded_by<B: BinMiniOp>(
     model: &TypedModel,
     outlet: OutletId,
 ) -> TractResult<Option<(usize, f32)>> {
+    let Some((next, op, konst)) = sole_binary_reader(model, outlet)? else {
+        return Ok(None);
+    };
+    if !op.0.is::<B>() || konst.len() != 1 || konst.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let value = konst.try_as_plain_ram()?.as_slice::<f32>()?[0];
+    Ok((!value.is_nan()).then_some((next.id, value)))
+}
+
+/// The binary node that alone reads `outlet` (not a model output), with a constant on its
+/// other side and `outlet`'s shape on its output: the node, its op and the constant. A
+/// layer's clamp is found so, and in TensorFlow graphs its scale and bias too.
+fn sole_binary_reader(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<(&TypedNode, &TypedBinOp, Arc<Tensor>)>> {
     let successors = model.outlet_successors(outlet);
     if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
         return Ok(None);
@@ -259,20 +276,16 @@ fn bounded_by<B: BinMiniOp>(
     let Some(op) = next.op_as::<TypedBinOp>() else {
         return Ok(None);
     };
-    if !op.0.is::<B>() || next.inputs.len() != 2 {
+    if next.inputs.len() != 2 {
         return Ok(None);
     }
     let other = next.inputs[1 - successors[0].slot];
     let Some(konst) = model.outlet_fact(other)?.konst.clone() else {
         return Ok(None);
     };
-    if konst.len() != 1 || konst.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
-    let value = konst.try_as_plain_ram()?.as_slice::<f32>()?[0];
     let same_shape =
         model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
-    Ok((same_shape && !value.is_nan()).then_some((next.id, value)))
+    Ok(same_shape.then_some((next, op, konst)))
 }
 
 #[cfg(test)]
