@@ -152,6 +152,52 @@ impl Planes {
     }
 }
 
+/// The sizes and pointers of one group of a dense convolution (the stem), for the kernels
+/// of every flavour: made only by [`Dense::checked`], so the kernels, which read and write
+/// by these pointers without checks, rely on one statement of the layout.
+#[derive(Clone, Copy)]
+pub(super) struct Dense {
+    pub g: Geometry,
+    pub rows: usize,
+    pub cols: usize,
+    pub scratch: *const f32,
+    pub weights: *const f32,
+    pub bias: *const f32,
+    pub output: *mut f32,
+}
+
+impl Dense {
+    /// Checks the layouts of a dense group (`scratch` the input planes zero-padded to
+    /// `rows x cols` each, `weights` `taps x count x 8`, `bias` `count x 8`, `output`
+    /// `count x OH x OW x 8`, 1 to 4 output blocks) and returns the pointers with the count.
+    pub(super) fn checked(
+        g: &Geometry,
+        (scratch, (rows, cols)): (&[f32], (usize, usize)),
+        weights: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+    ) -> (Dense, usize) {
+        assert!(g.is_valid() && g.dense);
+        let count = bias.len() / BLOCK;
+        assert!((1..=4).contains(&count) && bias.len() == count * BLOCK);
+        let taps = g.inputs * g.kernel_h * g.kernel_w;
+        assert!(weights.len() == taps * count * BLOCK && scratch.len() == g.inputs * rows * cols);
+        assert!(rows == (g.out_h - 1) * g.stride_h + g.kernel_h);
+        assert!(cols == (g.out_w - 1) * g.stride_w + g.kernel_w);
+        assert!(output.len() == count * g.out_h * g.out_w * BLOCK);
+        let dense = Dense {
+            g: *g,
+            rows,
+            cols,
+            scratch: scratch.as_ptr(),
+            weights: weights.as_ptr(),
+            bias: bias.as_ptr(),
+            output: output.as_mut_ptr(),
+        };
+        (dense, count)
+    }
+}
+
 /// Lays channel-first planes into blocks ([`Planes`]); the lanes past the channels are
 /// zero. Plain Rust: in the shared backbones nothing needs it (the stem writes blocks), so
 /// it is the fallback for graphs where a blocked op reads some other op's output.

@@ -129,14 +129,7 @@ pub(super) fn dense_group(
     clip: (f32, f32),
     output: &mut [f32],
 ) {
-    assert!(g.is_valid() && g.dense);
-    let count = bias.len() / BLOCK;
-    assert!((1..=MAX_GROUP).contains(&count) && bias.len() == count * BLOCK);
-    let taps = g.inputs * g.kernel_h * g.kernel_w;
-    assert!(weights.len() == taps * count * BLOCK && scratch.len() == g.inputs * rows * cols);
-    assert!(rows == (g.out_h - 1) * g.stride_h + g.kernel_h);
-    assert!(cols == (g.out_w - 1) * g.stride_w + g.kernel_w);
-    assert!(output.len() == count * g.out_h * g.out_w * BLOCK);
+    let (_, count) = super::Dense::checked(g, (scratch, (rows, cols)), weights, bias, output);
     let plane = g.out_h * g.out_w * BLOCK;
     let bias = bias_blocks(bias);
     for oy in 0..g.out_h {

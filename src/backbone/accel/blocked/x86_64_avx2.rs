@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::BLOCK;
+use super::{Dense, BLOCK};
 use crate::backbone::accel::cpu::Avx2Fma;
 use crate::backbone::accel::layer::Geometry;
 
@@ -365,24 +365,8 @@ pub(super) fn dense_group(
     output: &mut [f32],
 ) {
     let _ = isa;
-    assert!(g.is_valid() && g.dense);
-    let count = bias.len() / BLOCK;
-    assert!((1..=4).contains(&count) && bias.len() == count * BLOCK);
-    let taps = g.inputs * g.kernel_h * g.kernel_w;
-    assert!(weights.len() == taps * count * BLOCK && scratch.len() == g.inputs * rows * cols);
-    assert!(rows == (g.out_h - 1) * g.stride_h + g.kernel_h);
-    assert!(cols == (g.out_w - 1) * g.stride_w + g.kernel_w);
-    assert!(output.len() == count * g.out_h * g.out_w * BLOCK);
-    let d = Dense {
-        g: *g,
-        rows,
-        cols,
-        scratch: scratch.as_ptr(),
-        weights: weights.as_ptr(),
-        bias: bias.as_ptr(),
-        output: output.as_mut_ptr(),
-    };
-    // SAFETY: the token proves AVX2 and FMA; the asserts are what `dense` requires.
+    let (d, count) = Dense::checked(g, (scratch, (rows, cols)), weights, bias, output);
+    // SAFETY: the token proves AVX2 and FMA; `Dense::checked` checked what `dense` requires.
     unsafe {
         match count {
             1 => dense::<1, 8>(d, clip),
@@ -391,18 +375,6 @@ pub(super) fn dense_group(
             _ => dense::<4, 3>(d, clip),
         }
     }
-}
-
-/// The pointers of [`dense_group`], checked there.
-#[derive(Clone, Copy)]
-struct Dense {
-    g: Geometry,
-    rows: usize,
-    cols: usize,
-    scratch: *const f32,
-    weights: *const f32,
-    bias: *const f32,
-    output: *mut f32,
 }
 
 /// Every output row, `PX` pixels at a time, then the pixels left one at a time.

@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::x86_64_avx2::{depthwise_tile, inside, Depthwise};
-use super::BLOCK;
+use super::{Dense, BLOCK};
 use crate::backbone::accel::cpu::Avx512;
 use crate::backbone::accel::layer::Geometry;
 
@@ -427,24 +427,8 @@ pub(super) fn dense_group(
     output: &mut [f32],
 ) {
     let _ = isa;
-    assert!(g.is_valid() && g.dense);
-    let count = bias.len() / BLOCK;
-    assert!((1..=4).contains(&count) && bias.len() == count * BLOCK);
-    let taps = g.inputs * g.kernel_h * g.kernel_w;
-    assert!(weights.len() == taps * count * BLOCK && scratch.len() == g.inputs * rows * cols);
-    assert!(rows == (g.out_h - 1) * g.stride_h + g.kernel_h);
-    assert!(cols == (g.out_w - 1) * g.stride_w + g.kernel_w);
-    assert!(output.len() == count * g.out_h * g.out_w * BLOCK);
-    let d = Dense {
-        g: *g,
-        rows,
-        cols,
-        scratch: scratch.as_ptr(),
-        weights: weights.as_ptr(),
-        bias: bias.as_ptr(),
-        output: output.as_mut_ptr(),
-    };
-    // SAFETY: the token proves AVX-512F; the asserts are what `dense` requires.
+    let (d, count) = Dense::checked(g, (scratch, (rows, cols)), weights, bias, output);
+    // SAFETY: the token proves AVX-512F; `Dense::checked` checked what `dense` requires.
     unsafe {
         match count {
             1 => dense::<1, 1, 16>(d, clip),
@@ -453,18 +437,6 @@ pub(super) fn dense_group(
             _ => dense::<4, 2, 12>(d, clip),
         }
     }
-}
-
-/// The pointers of [`dense_group`], checked there.
-#[derive(Clone, Copy)]
-struct Dense {
-    g: Geometry,
-    rows: usize,
-    cols: usize,
-    scratch: *const f32,
-    weights: *const f32,
-    bias: *const f32,
-    output: *mut f32,
 }
 
 /// Every output row, `PX` pixels at a time, then 4, then one at a time.
