@@ -380,7 +380,8 @@ pub struct RetrainArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
-    /// Worker threads for bottleneck extraction, at most 4 per core [default: all cores].
+    /// Worker threads for bottleneck extraction, at most 4 per core; training the final
+    /// layer uses two of them, or one with --threads 1 [default: all cores].
     #[arg(long, value_name = "N", value_parser = threads)]
     pub threads: Option<u32>,
 
@@ -822,6 +823,7 @@ impl RetrainArgs {
                     self.weight_decay,
                     self.learning_rate,
                 )?,
+                product_threads: product_threads(self.threads),
             },
             intermediate_output_graphs_dir: self
                 .intermediate_output_graphs_dir
@@ -1189,6 +1191,13 @@ fn tensor_name(name: &str, flag: &str) -> Result<(), String> {
 /// each thread costs a stack and the backbone's working buffers, and tens of thousands
 /// fail to start at all (the system's thread limit) after the run has begun.
 const THREADS_PER_CORE: u32 = 4;
+
+/// Threads for the products of an SGD step: two, unless `--threads` or the machine gives
+/// one (a third would cost more in hand-offs than it saves on a 100-row batch).
+fn product_threads(threads: Option<u32>) -> usize {
+    let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads.map_or_else(cores, |t| t as usize).min(2)
+}
 
 /// `--threads`: from 1 to [`THREADS_PER_CORE`] times the cores of this machine.
 fn threads(text: &str) -> Result<u32, String> {

@@ -125,6 +125,7 @@ impl FinalLayer {
             rows,
             gradient.as_slice().expect("standard layout"),
             classes,
+            &scratch.panel,
             &mut scratch.weight_gradient,
         );
         let weight_gradient = ArrayView2::from_shape((dim, classes), &scratch.weight_gradient)
@@ -156,6 +157,16 @@ pub(super) struct StepScratch {
     gradient: Array2<f32>,
     weight_gradient: Vec<f32>,
     bias_gradient: Vec<f32>,
+}
+
+impl StepScratch {
+    /// Scratch whose products use `threads` threads (two at most).
+    pub(super) fn with_threads(threads: usize) -> StepScratch {
+        StepScratch {
+            panel: Panel::with_threads(threads),
+            ..StepScratch::default()
+        }
+    }
 }
 
 pub(super) fn truncated_normal(rng: &mut impl Rng) -> f32 {

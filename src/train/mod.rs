@@ -3,6 +3,7 @@
 
 mod examples;
 mod final_layer;
+mod pair;
 mod products;
 mod recipe;
 mod standardize;
@@ -36,6 +37,10 @@ pub struct TrainingOptions {
     pub snapshot_every: Option<usize>,
     /// Standardisation and weight decay ([`FinalLayerRecipe::PLAIN`]: retrain.py's layer).
     pub final_layer: FinalLayerRecipe,
+    /// Threads for the two products of every step (1 or 2; more count as 2): the second
+    /// is a helper that spins while training runs, so callers that already train on every
+    /// core (cross-validation fits in parallel) pass 1.
+    pub product_threads: usize,
 }
 
 /// What an evaluation step measured.
@@ -92,7 +97,7 @@ pub fn train(
         .then(|| Standardizer::of(training))
         .transpose()?;
     let mut layer = FinalLayer::new(training.dim(), class_count, &mut rng);
-    let mut scratch = StepScratch::default();
+    let mut scratch = StepScratch::with_threads(options.product_threads);
     let mut buffers = BatchBuffers::default();
     let mut spare_rows = Vec::new();
     let mut standardized = Vec::new();
@@ -318,6 +323,7 @@ mod tests {
             seed: 42,
             snapshot_every: Some(100),
             final_layer: FinalLayerRecipe::PLAIN,
+            product_threads: 2,
         }
     }
 

@@ -14,6 +14,8 @@
 
 use std::sync::OnceLock;
 
+use super::pair::Pair;
+
 /// matrixmultiply's `S_KC`: how many terms of the shared dimension one pass sums before
 /// adding the partial sum to the output.
 const KC: usize = 256;
@@ -80,11 +82,23 @@ impl Arithmetic {
     }
 }
 
-/// Scratch space kept across steps, so that a step allocates nothing large.
+/// What the products keep across steps: scratch space, so that a step allocates nothing
+/// large, and the second thread that computes half of each product.
 #[derive(Debug, Default)]
 pub(super) struct Panel {
     /// The weights in groups of [`LANES`] classes: `[group][dim][lane]`, zero-padded.
     values: Vec<f32>,
+    pair: Pair,
+}
+
+impl Panel {
+    /// A panel whose products use `threads` threads (two at most; 1: the caller's only).
+    pub(super) fn with_threads(threads: usize) -> Panel {
+        Panel {
+            values: Vec::new(),
+            pair: Pair::new(threads),
+        }
+    }
 }
 
 /// `out[r][c] = rows[r] · weights[..][c]`: `weights` is `dim x classes` and `out`
@@ -99,28 +113,81 @@ pub(super) fn logits(
     let dim = weights.len() / classes.max(1);
     assert!(rows.iter().all(|row| row.len() == dim) && out.len() == rows.len() * classes);
     pack_panel(weights, dim, classes, &mut panel.values);
-    let panel = &panel.values;
-    match Arithmetic::get() {
+    let (pair, panel) = (&panel.pair, &panel.values);
+    let one_half = |rows: &[&[f32]], out: &mut [f32]| match Arithmetic::get() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: FusedAvx2 is chosen only where the CPU has AVX2 and FMA.
         Arithmetic::FusedAvx2 => unsafe { logits_avx2(rows, panel, dim, classes, out) },
         Arithmetic::Fused => logits_with::<Fused>(rows, panel, dim, classes, out),
         Arithmetic::Separate => logits_with::<Separate>(rows, panel, dim, classes, out),
+    };
+    if !worth_splitting(rows.len() * dim * classes) {
+        return one_half(rows, out);
     }
+    // Every row's logits are chains of their own: halves of the rows give the same bits.
+    let (first, second) = rows.split_at(rows.len() / 2);
+    let (out_first, out_second) = out.split_at_mut(first.len() * classes);
+    pair.join(
+        || one_half(first, out_first),
+        || one_half(second, out_second),
+    );
+}
+
+/// Multiply-adds below which a product stays on the caller's thread: the hand-off to the
+/// helper costs a few cache-line trips, which a tiny product does not repay.
+const SPLIT_FROM: usize = 16 * 1024;
+
+fn worth_splitting(multiply_adds: usize) -> bool {
+    multiply_adds >= SPLIT_FROM
 }
 
 /// `out[d][c] = Σ_r rows[r][d] · gradient[r][c]`: `gradient` is `rows.len() x classes`
 /// and `out` `dim x classes`, both row-major.
-pub(super) fn weight_gradient(rows: &[&[f32]], gradient: &[f32], classes: usize, out: &mut [f32]) {
+pub(super) fn weight_gradient(
+    rows: &[&[f32]],
+    gradient: &[f32],
+    classes: usize,
+    panel: &Panel,
+    out: &mut [f32],
+) {
     let dim = out.len() / classes.max(1);
     assert!(rows.iter().all(|row| row.len() == dim) && gradient.len() == rows.len() * classes);
-    match Arithmetic::get() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: FusedAvx2 is chosen only where the CPU has AVX2 and FMA.
-        Arithmetic::FusedAvx2 => unsafe { gradient_avx2(rows, gradient, dim, classes, out) },
-        Arithmetic::Fused => gradient_with::<Fused>(rows, gradient, dim, classes, out),
-        Arithmetic::Separate => gradient_with::<Separate>(rows, gradient, dim, classes, out),
+    let part = |values: std::ops::Range<usize>, out: &mut [f32]| {
+        let at = Span {
+            rows,
+            gradient,
+            values,
+            classes,
+        };
+        match Arithmetic::get() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: FusedAvx2 is chosen only where the CPU has AVX2 and FMA.
+            Arithmetic::FusedAvx2 => unsafe { gradient_avx2(at, out) },
+            Arithmetic::Fused => gradient_with::<Fused>(at, out),
+            Arithmetic::Separate => gradient_with::<Separate>(at, out),
+        }
+    };
+    if !worth_splitting(rows.len() * dim * classes) {
+        return part(0..dim, out);
     }
+    // Every output is a chain over the rows of its own: halves of the bottleneck values
+    // give the same bits. The cut falls on a whole tile of values.
+    let middle = dim / 2 / 16 * 16;
+    let (out_first, out_second) = out.split_at_mut(middle * classes);
+    panel.pair.join(
+        || part(0..middle, out_first),
+        || part(middle..dim, out_second),
+    );
+}
+
+/// The part of the weights' gradient one call computes: bottleneck values `values` of
+/// every class, into an `out` that starts at the first of them.
+#[derive(Clone)]
+struct Span<'a> {
+    rows: &'a [&'a [f32]],
+    gradient: &'a [f32],
+    values: std::ops::Range<usize>,
+    classes: usize,
 }
 
 fn pack_panel(weights: &[f32], dim: usize, classes: usize, panel: &mut Vec<f32>) {
@@ -147,8 +214,8 @@ fn logits_avx2(rows: &[&[f32]], panel: &[f32], dim: usize, classes: usize, out: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn gradient_avx2(rows: &[&[f32]], gradient: &[f32], dim: usize, classes: usize, out: &mut [f32]) {
-    gradient_with::<Fused>(rows, gradient, dim, classes, out)
+fn gradient_avx2(at: Span, out: &mut [f32]) {
+    gradient_with::<Fused>(at, out)
 }
 
 /// Eight rows at a time (eight independent chains keep the multiply-add units busy),
@@ -248,22 +315,15 @@ fn add_block<const R: usize, const W: usize>(
 /// Tiles of up to five classes (a whole class count as small as retrain's usual ones) by
 /// sixteen bottleneck values; values left over at the end of a row one at a time.
 #[inline(always)]
-fn gradient_with<M: MulAdd>(
-    rows: &[&[f32]],
-    gradient: &[f32],
-    dim: usize,
-    classes: usize,
-    out: &mut [f32],
-) {
+fn gradient_with<M: MulAdd>(at: Span, out: &mut [f32]) {
     let mut first = 0;
-    while first < classes {
-        let at = (rows, gradient, dim, classes, first);
-        first += match classes - first {
-            5.. => gradient_classes::<M, 5, 16>(at, out),
-            4 => gradient_classes::<M, 4, 16>(at, out),
-            3 => gradient_classes::<M, 3, 16>(at, out),
-            2 => gradient_classes::<M, 2, 16>(at, out),
-            _ => gradient_classes::<M, 1, 32>(at, out),
+    while first < at.classes {
+        first += match at.classes - first {
+            5.. => gradient_classes::<M, 5, 16>(&at, first, out),
+            4 => gradient_classes::<M, 4, 16>(&at, first, out),
+            3 => gradient_classes::<M, 3, 16>(&at, first, out),
+            2 => gradient_classes::<M, 2, 16>(&at, first, out),
+            _ => gradient_classes::<M, 1, 32>(&at, first, out),
         };
     }
 }
@@ -271,17 +331,22 @@ fn gradient_with<M: MulAdd>(
 /// The gradient of `CT` classes from class `first` on; returns `CT`.
 #[inline(always)]
 fn gradient_classes<M: MulAdd, const CT: usize, const DT: usize>(
-    (rows, gradient, dim, classes, first): (&[&[f32]], &[f32], usize, usize, usize),
+    at: &Span,
+    first: usize,
     out: &mut [f32],
 ) -> usize {
-    let whole = dim / DT * DT;
-    for d in (0..whole).step_by(DT) {
-        let tile = gradient_tile::<M, CT, DT>(rows, gradient, classes, first, d);
-        store_gradient(&tile, d, classes, first, out);
+    let (start, end) = (at.values.start, at.values.end);
+    let whole = start + (end - start) / DT * DT;
+    let store = |tile: &[[f32; DT]; CT], d: usize, out: &mut [f32]| {
+        store_gradient(tile, d - start, at.classes, first, out)
+    };
+    for d in (start..whole).step_by(DT) {
+        let tile = gradient_tile::<M, CT, DT>(at.rows, at.gradient, at.classes, first, d);
+        store(&tile, d, out);
     }
-    for d in whole..dim {
-        let tile = gradient_tile::<M, CT, 1>(rows, gradient, classes, first, d);
-        store_gradient(&tile, d, classes, first, out);
+    for d in whole..end {
+        let tile = gradient_tile::<M, CT, 1>(at.rows, at.gradient, at.classes, first, d);
+        store_gradient(&tile, d - start, at.classes, first, out);
     }
     CT
 }
@@ -354,49 +419,55 @@ mod tests {
         (0, 16, 2),
     ];
 
+    /// Both on the caller alone and split with the helper thread: the same bits.
     #[test]
     fn logits_are_dot_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let mut panel = Panel::default();
-        for (batch, dim, classes) in SHAPES {
-            let x = random(batch, dim, &mut rng);
-            let w = random(dim, classes, &mut rng);
-            let rows: Vec<&[f32]> = x
-                .rows()
-                .into_iter()
-                .map(|r| r.to_slice().unwrap())
-                .collect();
-            let mut out = vec![f32::NAN; batch * classes];
-            logits(&rows, w.as_slice().unwrap(), classes, &mut panel, &mut out);
-            let expected = x.dot(&w);
-            assert_eq!(
-                bits(&out),
-                bits(expected.as_slice().unwrap()),
-                "{batch}x{dim}x{classes}"
-            );
+        for threads in [1, 2] {
+            let mut panel = Panel::with_threads(threads);
+            for (batch, dim, classes) in SHAPES {
+                let x = random(batch, dim, &mut rng);
+                let w = random(dim, classes, &mut rng);
+                let rows: Vec<&[f32]> = x
+                    .rows()
+                    .into_iter()
+                    .map(|r| r.to_slice().unwrap())
+                    .collect();
+                let mut out = vec![f32::NAN; batch * classes];
+                logits(&rows, w.as_slice().unwrap(), classes, &mut panel, &mut out);
+                let expected = x.dot(&w);
+                assert_eq!(
+                    bits(&out),
+                    bits(expected.as_slice().unwrap()),
+                    "{batch}x{dim}x{classes}, {threads} threads"
+                );
+            }
         }
     }
 
     #[test]
     fn weight_gradients_are_dot_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(8);
-        for (batch, dim, classes) in SHAPES {
-            let x = random(batch, dim, &mut rng);
-            let g = random(batch, classes, &mut rng);
-            let rows: Vec<&[f32]> = x
-                .rows()
-                .into_iter()
-                .map(|r| r.to_slice().unwrap())
-                .collect();
-            let mut out = vec![f32::NAN; dim * classes];
-            weight_gradient(&rows, g.as_slice().unwrap(), classes, &mut out);
-            let expected = x.t().dot(&g);
-            let expected = expected.as_standard_layout();
-            assert_eq!(
-                bits(&out),
-                bits(expected.as_slice().unwrap()),
-                "{batch}x{dim}x{classes}"
-            );
+        for threads in [1, 2] {
+            let panel = Panel::with_threads(threads);
+            for (batch, dim, classes) in SHAPES {
+                let x = random(batch, dim, &mut rng);
+                let g = random(batch, classes, &mut rng);
+                let rows: Vec<&[f32]> = x
+                    .rows()
+                    .into_iter()
+                    .map(|r| r.to_slice().unwrap())
+                    .collect();
+                let mut out = vec![f32::NAN; dim * classes];
+                weight_gradient(&rows, g.as_slice().unwrap(), classes, &panel, &mut out);
+                let expected = x.t().dot(&g);
+                let expected = expected.as_standard_layout();
+                assert_eq!(
+                    bits(&out),
+                    bits(expected.as_slice().unwrap()),
+                    "{batch}x{dim}x{classes}, {threads} threads"
+                );
+            }
         }
     }
 
@@ -432,7 +503,13 @@ mod tests {
             let mut logits = vec![f32::NAN; batch * classes];
             logits_with::<M>(&rows, &panel, dim, classes, &mut logits);
             let mut gradient = vec![f32::NAN; dim * classes];
-            gradient_with::<M>(&rows, g.as_slice().unwrap(), dim, classes, &mut gradient);
+            let at = Span {
+                rows: &rows,
+                gradient: g.as_slice().unwrap(),
+                values: 0..dim,
+                classes,
+            };
+            gradient_with::<M>(at, &mut gradient);
             for r in 0..batch {
                 for c in 0..classes {
                     let expected = chains::<M>(dim, |k| (x[[r, k]], w[[k, c]]));
