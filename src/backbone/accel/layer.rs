@@ -120,9 +120,19 @@ pub(crate) struct Pointwise {
 /// A pointwise layer the blocked ops can take over, found by [`pointwise`].
 pub(crate) struct Eligible {
     pub shape: Pointwise,
-    /// The kernel, `outputs x inputs`, row-major.
-    pub kernel: Vec<f32>,
-    pub bias: Vec<f32>,
+    /// The kernel, `outputs x inputs`, row-major: the graph's own constant, not a copy.
+    pub kernel: Arc<Tensor>,
+    pub bias: Arc<Tensor>,
+}
+
+impl Eligible {
+    pub(crate) fn kernel(&self) -> TractResult<&[f32]> {
+        self.kernel.try_as_plain_ram()?.as_slice::<f32>()
+    }
+
+    pub(crate) fn bias(&self) -> TractResult<&[f32]> {
+        self.bias.try_as_plain_ram()?.as_slice::<f32>()
+    }
 }
 
 /// `node` as a pointwise layer, if it is one the blocked ops can run: a float 1x1 `Conv` with unit
@@ -180,11 +190,12 @@ pub(crate) fn pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Opt
         height,
         width,
     };
-    let kernel = kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    // Checked here, so that a layer found is one whose weights can be read.
+    kernel.try_as_plain_ram()?.as_slice::<f32>()?;
+    bias.try_as_plain_ram()?.as_slice::<f32>()?;
     Ok(Some(Eligible {
         shape,
-        kernel,
-        bias,
+        kernel: kernel.clone(),
+        bias: bias.clone(),
     }))
 }

@@ -137,7 +137,7 @@ fn blocked_swap(
                 outputs: s.outputs,
             };
             let data = blocked_input(model, &mut patch, node.inputs[0], input)?;
-            let packed = pack_pointwise(&shape, isa, &found.kernel, &found.bias)?;
+            let packed = pack_pointwise(&shape, isa, found.kernel()?, found.bias()?)?;
             let op = BlockedPointwise { shape, clip, isa };
             (Box::new(op), data, packed, shape.output())
         }

@@ -360,23 +360,24 @@ pub(crate) fn pack_grouped(
 ) -> TractResult<(Tensor, Tensor)> {
     ensure!(kernel.len() == inputs * outputs && bias.len() == outputs && rows >= inputs);
     let blocks = outputs.div_ceil(BLOCK);
-    let mut packed = vec![0f32; blocks * BLOCK * rows];
+    // Packed straight into the tensor the plan keeps: the weights are the graph's bulk,
+    // and every copy of them is page faults on a one-image `label`.
+    let mut tensor = Tensor::zero::<f32>(&[blocks * BLOCK * rows])?;
+    let mut plain = tensor.try_as_plain_ram_mut()?;
+    let packed = plain.as_slice_mut::<f32>()?;
     for (first, count) in groups(blocks, max) {
         let group = &mut packed[first * BLOCK * rows..][..count * BLOCK * rows];
-        for (i, row) in group
-            .chunks_exact_mut(count * BLOCK)
-            .enumerate()
-            .take(inputs)
-        {
-            for (j, w) in row.iter_mut().enumerate() {
-                let o = first * BLOCK + j;
-                if o < outputs {
-                    *w = kernel[o * inputs + i];
-                }
+        let width = count * BLOCK;
+        // Output by output: each reads its kernel row in order and writes one column of
+        // its group, which stays in the second-level cache meanwhile.
+        for j in 0..width.min(outputs - first * BLOCK) {
+            let row = &kernel[(first * BLOCK + j) * inputs..][..inputs];
+            for (i, &w) in row.iter().enumerate() {
+                group[i * width + j] = w;
             }
         }
     }
     let mut padded = vec![0f32; blocks * BLOCK];
     padded[..outputs].copy_from_slice(bias);
-    Ok((tensor1(&packed), tensor1(&padded)))
+    Ok((tensor, tensor1(&padded)))
 }
