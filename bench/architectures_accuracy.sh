@@ -11,7 +11,9 @@
 # `all` also the combinations, which need `--architecture A+B` (see COMBINED below).
 #
 # Columns:
-# - CV accuracy: examples/final_layer_cv.rs, 5-fold stratified CV x 2 (10 fits), each
+# - CV accuracy: examples/final_layer_cv.rs, 5-fold stratified CV x REPEATS fold seeds
+#   (environment, default 10: 50 fits; the spread between fold seeds is as large as the
+#   gaps between the best combinations, so fewer fits rank them by chance), each
 #   bottleneck with its default final layer (FinalLayerRecipe::default_for), paired with
 #   the embedded backbone on the same folds. The CV rows of combinations need no `A+B`: the
 #   example concatenates the per-backbone caches itself.
@@ -25,6 +27,7 @@ photos=$(realpath "${1:?$usage}")
 models=$(realpath "${2:?$usage}")
 work=${3:?$usage}
 what=${4:-singles}
+REPEATS=${REPEATS:-10}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$work/bn" "$work/models"
 work=$(realpath "$work")
@@ -117,9 +120,10 @@ for name in "${names[@]}"; do backbones+=(--backbone "${example[$name]}"); done
 combinations=(--combination v1 --combination v2 --combination lite0 --combination lite2)
 for row in "${COMBINED[@]}"; do combinations+=(--combination "$row"); done
 "$cv" "$photos" "$work/bn" "${backbones[@]}" "${combinations[@]}" --recipe default \
+    --repeats "$REPEATS" \
     > "$work/cv.md" 2> "$work/cv.log"
 
-echo "| backbone | bottleneck values | CV accuracy, % (10 fits) | paired gain over v1 | extraction, img/s (2 threads) | graph |"
+echo "| backbone | bottleneck values | CV accuracy, % ($((REPEATS * 5)) fits) | paired gain over v1 | extraction, img/s (2 threads) | graph |"
 echo "|---|---:|---|---|---:|---:|"
 for row in "${names[@]}" "${COMBINED[@]}"; do
     line=$(grep "^| $row, default" "$work/cv.md")

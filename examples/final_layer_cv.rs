@@ -6,7 +6,8 @@
 //!         --backbone lite2=/path/efficientnet_lite2.onnx:mean=127,std=128 \
 //!         --combination v1 --combination v1+lite0 \
 //!         --recipe sgd --recipe std --recipe std,wd=0.01 [--copies 0] \
-//!         [--classes daisy,roses,tulips] [--folds 5] [--repeats 2]
+//!         [--classes daisy,roses,tulips] [--folds 5] [--repeats 2] [--first-repeat 0] \
+//!         [--transform none|sqrt|l2|sqrt+l2]
 //!
 //! Bottlenecks come through the library's own path (`bottleneck::extract_all`, and
 //! `bottleneck::distorted::extract_distorted` for distorted copies): from the cache where
@@ -17,6 +18,10 @@
 //! With `--copies K` (K > 0, all four distortions at the tutorial's 10 %), a fit trains on
 //! the K distorted copies of its training photos only; held-out photos are always scored
 //! on their plain bottleneck.
+//!
+//! `--transform` maps each backbone's block of the bottleneck before concatenation (for
+//! trying feature maps flowers' graph does not have: BENCHMARKS.md reports what they buy).
+//! `--first-repeat` picks fresh fold seeds, to confirm a choice made on the first ones.
 //!
 //! Prints a markdown table on stdout, one line per fit on stderr.
 use std::path::{Path, PathBuf};
@@ -65,6 +70,14 @@ struct Args {
     repeats: usize,
     #[arg(long, default_value_t = 4000)]
     steps: usize,
+    /// What each backbone's block of the bottleneck goes through before concatenation:
+    /// `none`, `sqrt` (signed square root), `l2` (scaled to the block's mean length over
+    /// the photos), `sqrt+l2`.
+    #[arg(long, default_value = "none")]
+    transform: String,
+    /// The first fold seed: `--first-repeat 2 --repeats 3` uses fold seeds 2, 3 and 4.
+    #[arg(long, default_value_t = 0)]
+    first_repeat: usize,
 }
 
 /// One backbone's bottlenecks of the photos, and what distorted copies need.
@@ -115,6 +128,7 @@ fn main() -> Result<()> {
         let plain = Arc::new(concatenated(
             &parts.iter().map(|s| &s.plain).collect::<Vec<_>>(),
             &args.bottleneck_dir,
+            &args.transform,
         )?);
         for &copies in &args.copies {
             let distorted = match copies {
@@ -144,7 +158,12 @@ fn main() -> Result<()> {
             }
         }
     }
-    let fits = fold_assignments(&labels, class_count, args.folds, args.repeats);
+    let fits = fold_assignments(
+        &labels,
+        class_count,
+        args.folds,
+        args.first_repeat..args.first_repeat + args.repeats,
+    );
     let jobs: Vec<(usize, usize)> = (0..configurations.len())
         .flat_map(|c| (0..fits.len()).map(move |f| (c, f)))
         .collect();
@@ -269,15 +288,50 @@ fn recipe(spec: &str) -> Result<Recipe> {
     Ok(recipe)
 }
 
-/// The rows of `matrices` side by side, in a new matrix beside the cache.
-fn concatenated(matrices: &[&BottleneckMatrix], dir: &Path) -> Result<BottleneckMatrix> {
+/// The rows of `matrices` side by side, each block through `transform`, in a new matrix
+/// beside the cache.
+fn concatenated(
+    matrices: &[&BottleneckMatrix],
+    dir: &Path,
+    transform: &str,
+) -> Result<BottleneckMatrix> {
     let rows = matrices[0].rows();
     let dim = matrices.iter().map(|m| m.dim()).sum();
+    let (sqrt, l2) = match transform {
+        "none" => (false, false),
+        "sqrt" => (true, false),
+        "l2" => (false, true),
+        "sqrt+l2" => (true, true),
+        other => bail!("--transform {other:?}: expected none, sqrt, l2 or sqrt+l2"),
+    };
+    let block = |matrix: &BottleneckMatrix, row: usize| -> Result<Vec<f32>> {
+        let mut values = matrix.row(row)?;
+        if sqrt {
+            values
+                .iter_mut()
+                .for_each(|v| *v = v.signum() * v.abs().sqrt());
+        }
+        Ok(values)
+    };
+    let norm = |values: &[f32]| values.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let mut mean_norms = Vec::new();
+    for matrix in matrices {
+        let mut total = 0.0;
+        for row in 0..rows {
+            total += norm(&block(matrix, row)?);
+        }
+        mean_norms.push(total / rows.max(1) as f32);
+    }
     let writer = MatrixWriter::create(dir, rows, dim, 1 << 32)?;
     for row in 0..rows {
         let mut values = Vec::with_capacity(dim);
-        for matrix in matrices {
-            values.extend(matrix.row(row)?);
+        for (matrix, mean_norm) in matrices.iter().zip(&mean_norms) {
+            let mut part = block(matrix, row)?;
+            if l2 {
+                let scale = mean_norm / norm(&part).max(f32::MIN_POSITIVE);
+                part.iter_mut().for_each(|v| *v *= scale);
+            }
+            values.extend(part);
         }
         writer.write_row(row, &values);
     }
@@ -329,7 +383,7 @@ fn distorted(
         }
         pools.push(pool.matrix);
     }
-    concatenated(&pools.iter().collect::<Vec<_>>(), dir)
+    concatenated(&pools.iter().collect::<Vec<_>>(), dir, "none")
 }
 
 fn sha256_of(path: &Path) -> Result<[u8; 32]> {
@@ -346,9 +400,14 @@ struct Fit {
 
 /// `repeats` stratified `folds`-fold assignments: each class's photos shuffled with the
 /// repeat's seed and dealt round the folds.
-fn fold_assignments(labels: &[usize], classes: usize, folds: usize, repeats: usize) -> Vec<Fit> {
+fn fold_assignments(
+    labels: &[usize],
+    classes: usize,
+    folds: usize,
+    repeats: std::ops::Range<usize>,
+) -> Vec<Fit> {
     let mut fits = Vec::new();
-    for repeat in 0..repeats {
+    for repeat in repeats {
         let mut rng = ChaCha8Rng::seed_from_u64(repeat as u64);
         let mut fold_of = vec![0; labels.len()];
         for class in 0..classes {
@@ -404,6 +463,8 @@ fn fit(
         seed: fit.seed,
         snapshot_every: None,
         final_layer: configuration.final_layer,
+        // The fits already run in parallel, one per core.
+        product_threads: 1,
     };
     let layer = train(
         &training,
