@@ -78,21 +78,61 @@ pub(crate) fn convolve(
     assert!(data.len() == shape.input.blocked_len() && output.len() == out.blocked_len());
     assert!(weights.len() == shape.weights_len() && bias.len() == out.blocks() * BLOCK);
     let (pixels, padded_inputs) = (shape.input.pixels(), shape.padded_inputs());
-    for (first, count) in shape.groups(isa) {
-        let weights = &weights[first * BLOCK * padded_inputs..][..count * BLOCK * padded_inputs];
-        let bias = &bias[first * BLOCK..][..count * BLOCK];
-        let output = &mut output[first * pixels * BLOCK..][..count * pixels * BLOCK];
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(isa) => {
-                super::x86_64_avx2::pointwise_group(isa, pixels, data, weights, bias, clip, output)
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512(isa) => super::x86_64_avx512::pointwise_group(
-                isa, pixels, data, weights, bias, clip, output,
-            ),
-            _ => portable::pointwise_group(pixels, data, weights, bias, clip, output),
+    let groups = shape.groups(isa);
+    let run = |groups: &[(usize, usize)], output: &mut [f32]| {
+        // `output` starts at the first group's blocks.
+        let start = groups.first().map_or(0, |&(first, _)| first);
+        for &(first, count) in groups {
+            let weights =
+                &weights[first * BLOCK * padded_inputs..][..count * BLOCK * padded_inputs];
+            let bias = &bias[first * BLOCK..][..count * BLOCK];
+            let output = &mut output[(first - start) * pixels * BLOCK..][..count * pixels * BLOCK];
+            group(isa, pixels, data, weights, bias, clip, output);
         }
+    };
+    let multiply_adds = pixels * padded_inputs * out.blocks() * BLOCK;
+    if groups.len() < 2 || !worth_a_second_thread(multiply_adds) {
+        return run(&groups, output);
+    }
+    // Groups write disjoint blocks of the output, each the same bits whoever runs it.
+    let (mine, theirs) = groups.split_at(groups.len() / 2);
+    let (my_output, their_output) = output.split_at_mut(theirs[0].0 * pixels * BLOCK);
+    rayon::join(|| run(mine, my_output), || run(theirs, their_output));
+}
+
+/// Multiply-adds from which a layer offers half of its groups to the pool it runs on: a
+/// one-image `label` leaves the pool's other threads idle, and waking one costs
+/// microseconds against the milliseconds of a layer this size. Off a pool (a caller's own
+/// thread, the one-thread speed measurements) or on a pool of one, the layer stays whole;
+/// on a pool busy with other images the offered half is usually run by the same thread.
+const SPLIT_FROM: usize = 1 << 20;
+
+pub(super) fn worth_a_second_thread(multiply_adds: usize) -> bool {
+    multiply_adds >= SPLIT_FROM
+        && rayon::current_thread_index().is_some()
+        && rayon::current_num_threads() > 1
+}
+
+/// One group of output blocks over every pixel, with `isa`'s kernel.
+fn group(
+    isa: Isa,
+    pixels: usize,
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    clip: (f32, f32),
+    output: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(isa) => {
+            super::x86_64_avx2::pointwise_group(isa, pixels, data, weights, bias, clip, output)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512(isa) => {
+            super::x86_64_avx512::pointwise_group(isa, pixels, data, weights, bias, clip, output)
+        }
+        _ => portable::pointwise_group(pixels, data, weights, bias, clip, output),
     }
 }
 

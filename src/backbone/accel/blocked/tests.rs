@@ -164,6 +164,49 @@ fn pointwise_matches_the_definition() {
     }
 }
 
+/// A layer big enough to be split between two threads of a pool gives the bits it gives
+/// on one thread, with an odd number of groups.
+#[test]
+fn pointwise_split_on_a_pool_is_the_whole_layer_bit_for_bit() {
+    let input = Planes {
+        batched: true,
+        channels: 64,
+        height: 14,
+        width: 14,
+    };
+    let shape = pointwise::Shape {
+        input,
+        outputs: 136,
+    };
+    let (kernel, bias) = (values(136 * 64, 3), values(136, 4));
+    let mut blocked = vec![0f32; input.blocked_len()];
+    to_blocked(&input, &values(64 * input.pixels(), 6), &mut blocked);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    assert!(!pointwise::worth_a_second_thread(1 << 30));
+    assert!(pool.install(|| pointwise::worth_a_second_thread(1 << 20)));
+    for isa in Isa::supported() {
+        let (weights, padded) = pointwise::pack(&shape, isa, &kernel, &bias).unwrap();
+        let (weights, padded) = (floats(&weights), floats(&padded));
+        let run = || {
+            let mut out = vec![f32::NAN; shape.output().blocked_len()];
+            pointwise::convolve(
+                isa,
+                &shape,
+                (0.0, 6.0),
+                &blocked,
+                &weights,
+                &padded,
+                &mut out,
+            );
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(pool.install(run), run(), "{isa:?}");
+    }
+}
+
 /// Depthwise geometries: both strides, 3x3 and 5x5 (unrolled) and 1x3 (not), symmetric
 /// and one-sided padding, images narrower than a tile, a partial last block.
 fn depthwise_cases() -> Vec<Geometry> {
