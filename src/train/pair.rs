@@ -15,12 +15,15 @@ use std::thread::{self, JoinHandle};
 const IDLE: u8 = 0;
 /// The helper sleeps in `park`; whoever gives it work unparks it.
 const PARKED: u8 = 1;
-/// A job is in `Shared::job` for the helper to run.
+/// A job is in `Shared::job`, not yet started: the helper may take it, or the caller take
+/// it back.
 const WORK: u8 = 2;
+/// The helper took the job and is running it.
+const RUNNING: u8 = 3;
 /// The helper ran the job (it may have panicked: `Shared::panic`).
-const DONE: u8 = 3;
+const DONE: u8 = 4;
 /// The helper is to end.
-const QUIT: u8 = 4;
+const QUIT: u8 = 5;
 
 /// Spins of an idle helper before it parks: about a millisecond, many steps' worth.
 const SPINS_BEFORE_PARKING: u32 = 1 << 16;
@@ -41,8 +44,9 @@ struct Shared {
 }
 
 // SAFETY: `job` and `panic` are only touched by one thread at a time, in turns the `state`
-// atomic hands over with release/acquire ordering (caller: job, then WORK; helper: reads
-// the job, writes panic, then DONE; caller: reads panic after DONE). A `Job`'s data is only
+// atomic hands over with release/acquire ordering (caller: job, then WORK; helper: WORK ->
+// RUNNING, reads the job, writes panic, then DONE; caller: reads panic after DONE, or takes
+// the job back with WORK -> IDLE, after which the helper does not read it). A `Job`'s data is only
 // sent to the helper by `Pair::join`, whose closure is `Send`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointers inside are only dereferenced under that protocol.
@@ -107,11 +111,20 @@ impl Pair {
         if shared.state.swap(WORK, Ordering::AcqRel) == PARKED {
             handle.thread().unpark();
         }
-        // Waits for the helper even if `mine` panics: `theirs` lives in this frame.
-        let wait = WaitForHelper(shared);
+        // Settles the hand-off even if `mine` panics: `theirs` lives in this frame.
+        let mut handoff = Handoff {
+            shared,
+            settled: false,
+        };
         mine();
-        drop(wait);
-        // SAFETY: the helper wrote `panic` before DONE, which the wait saw (acquire).
+        if handoff.settle() {
+            // The helper never started (its core was busy elsewhere): run it here.
+            if let Some(theirs) = theirs.take() {
+                theirs();
+            }
+            return;
+        }
+        // SAFETY: the helper wrote `panic` before DONE, which `settle` saw (acquire).
         if let Some(payload) = unsafe { (*shared.panic.get()).take() } {
             panic::resume_unwind(payload);
         }
@@ -132,22 +145,45 @@ fn run_once<F: FnOnce()>(_witness: &Option<F>) -> unsafe fn(*mut ()) {
     run::<F>
 }
 
-/// Spins until the helper has run the job, then sets it idle again.
-struct WaitForHelper<'a>(&'a Shared);
+/// The end of a hand-off: the job taken back if the helper has not started it, else
+/// waited for.
+struct Handoff<'a> {
+    shared: &'a Shared,
+    settled: bool,
+}
 
-impl Drop for WaitForHelper<'_> {
-    fn drop(&mut self) {
+impl Handoff<'_> {
+    /// Returns whether the job was taken back (the caller must run it); either way the
+    /// helper no longer touches it when this returns, and is idle.
+    fn settle(&mut self) -> bool {
+        self.settled = true;
+        let state = &self.shared.state;
+        if state
+            .compare_exchange(WORK, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return true;
+        }
         let mut spins = 0u32;
-        while self.0.state.load(Ordering::Acquire) != DONE {
+        while state.load(Ordering::Acquire) != DONE {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) {
-                // The helper may have lost its core to another process: let it run.
+                // The helper may have lost its core mid-job: let it run.
                 thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
         }
-        self.0.state.store(IDLE, Ordering::Release);
+        state.store(IDLE, Ordering::Release);
+        false
+    }
+}
+
+impl Drop for Handoff<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle();
+        }
     }
 }
 
@@ -157,8 +193,17 @@ fn serve(shared: &Shared) {
     loop {
         match shared.state.load(Ordering::Acquire) {
             WORK => {
-                // SAFETY: the caller wrote the job before WORK (seen with acquire) and waits
-                // for DONE before touching it or the closure it points to again.
+                if shared
+                    .state
+                    .compare_exchange(WORK, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Taken back by the caller.
+                    continue;
+                }
+                // SAFETY: the caller wrote the job before WORK (seen with acquire), and once
+                // the job is RUNNING it waits for DONE before touching it or the closure it
+                // points to again.
                 let job = unsafe { (*shared.job.get()).take() };
                 let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
                     if let Some(job) = job {
@@ -213,7 +258,8 @@ mod tests {
     fn both_halves_run_on_two_threads_and_a_lone_caller() {
         for threads in [1, 2] {
             let pair = Pair::new(threads);
-            for round in 0..1000u64 {
+            let mut on_the_helper = 0;
+            for round in 0..200u64 {
                 let (mut a, mut b) = (0u64, 0u64);
                 let caller = thread::current().id();
                 let mut helper_thread = None;
@@ -222,11 +268,34 @@ mod tests {
                         a = round * 2;
                         helper_thread = Some(thread::current().id());
                     },
-                    || b = round * 3,
+                    || {
+                        // Long enough for the helper to pick the job up meanwhile.
+                        thread::sleep(std::time::Duration::from_micros(50));
+                        b = round * 3;
+                    },
                 );
                 assert_eq!((a, b), (round * 2, round * 3));
-                assert_eq!(helper_thread == Some(caller), threads == 1);
+                on_the_helper += usize::from(helper_thread != Some(caller));
             }
+            // A helper that has not started a job when the caller is done loses it to the
+            // caller, so on two threads only some rounds are sure to reach it.
+            match threads {
+                1 => assert_eq!(on_the_helper, 0),
+                _ => assert!(on_the_helper > 0),
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_the_helper_has_not_started_is_taken_back() {
+        let pair = Pair::new(2);
+        // Park the helper, then give it work and finish at once: either it woke in time
+        // and ran the job, or the caller took it back; the job ran exactly once.
+        thread::sleep(std::time::Duration::from_millis(20));
+        for _ in 0..100 {
+            let mut runs = 0;
+            pair.join(|| runs += 1, || {});
+            assert_eq!(runs, 1);
         }
     }
 
