@@ -403,6 +403,13 @@ mod tests {
         Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0))
     }
 
+    fn rows_of(x: &Array2<f32>) -> Vec<&[f32]> {
+        x.rows()
+            .into_iter()
+            .map(|r| r.to_slice().unwrap())
+            .collect()
+    }
+
     fn bits(values: &[f32]) -> Vec<u32> {
         values.iter().map(|v| v.to_bits()).collect()
     }
@@ -428,11 +435,7 @@ mod tests {
             for (batch, dim, classes) in SHAPES {
                 let x = random(batch, dim, &mut rng);
                 let w = random(dim, classes, &mut rng);
-                let rows: Vec<&[f32]> = x
-                    .rows()
-                    .into_iter()
-                    .map(|r| r.to_slice().unwrap())
-                    .collect();
+                let rows = rows_of(&x);
                 let mut out = vec![f32::NAN; batch * classes];
                 logits(&rows, w.as_slice().unwrap(), classes, &mut panel, &mut out);
                 let expected = x.dot(&w);
@@ -453,11 +456,7 @@ mod tests {
             for (batch, dim, classes) in SHAPES {
                 let x = random(batch, dim, &mut rng);
                 let g = random(batch, classes, &mut rng);
-                let rows: Vec<&[f32]> = x
-                    .rows()
-                    .into_iter()
-                    .map(|r| r.to_slice().unwrap())
-                    .collect();
+                let rows = rows_of(&x);
                 let mut out = vec![f32::NAN; dim * classes];
                 weight_gradient(&rows, g.as_slice().unwrap(), classes, &panel, &mut out);
                 let expected = x.t().dot(&g);
@@ -494,11 +493,7 @@ mod tests {
             let x = random(batch, dim, &mut rng);
             let w = random(dim, classes, &mut rng);
             let g = random(batch, classes, &mut rng);
-            let rows: Vec<&[f32]> = x
-                .rows()
-                .into_iter()
-                .map(|r| r.to_slice().unwrap())
-                .collect();
+            let rows = rows_of(&x);
             pack_panel(w.as_slice().unwrap(), dim, classes, &mut panel);
             let mut logits = vec![f32::NAN; batch * classes];
             logits_with::<M>(&rows, &panel, dim, classes, &mut logits);
