@@ -119,6 +119,17 @@ fn genuine_mobilenet_gives_tensorflows_pooled_features_and_logits() {
     }
 }
 
+/// The archive's quantized member (installed in `model_dir` by [`mobilenet`]) loaded as a
+/// plain file, cut at the logits.
+fn quantized_logits(model_dir: &std::path::Path) -> Backbone {
+    let file = model_dir.join("mobilenet_v1_0.25_224/quantized_graph.pb");
+    let overrides = Overrides {
+        bottleneck_tensor: Some("MobilenetV1/Predictions/Reshape".into()),
+        ..Default::default()
+    };
+    Backbone::load(&ModelSource::File(file), &overrides).unwrap()
+}
+
 #[test]
 fn quantized_mobilenet_runs_with_its_weights_dequantized() {
     let expected = expected();
@@ -126,14 +137,7 @@ fn quantized_mobilenet_runs_with_its_weights_dequantized() {
     let model_dir = mobilenet_model_dir();
     // Installs the archive, then loads the quantized member as a plain file.
     mobilenet(model_dir.path(), None);
-    let file = model_dir
-        .path()
-        .join("mobilenet_v1_0.25_224/quantized_graph.pb");
-    let overrides = Overrides {
-        bottleneck_tensor: Some("MobilenetV1/Predictions/Reshape".into()),
-        ..Default::default()
-    };
-    let backbone = Backbone::load(&ModelSource::File(file), &overrides).unwrap();
+    let backbone = quantized_logits(model_dir.path());
     // Recognised by its sha256, with retrain.py's preprocessing for it.
     assert_eq!(backbone.name, "mobilenet_0.25_224_quantized");
     assert_eq!(backbone.preprocessing.height, 224);
@@ -268,13 +272,6 @@ fn genuine_mobilenet_runs_flowers_own_layers() {
     assert_eq!(pooled.flowers_layers, expected(27));
     let logits = mobilenet(model_dir.path(), Some("MobilenetV1/Predictions/Reshape"));
     assert_eq!(logits.extractor().unwrap().flowers_layers, expected(27));
-    let file = model_dir
-        .path()
-        .join("mobilenet_v1_0.25_224/quantized_graph.pb");
-    let overrides = Overrides {
-        bottleneck_tensor: Some("MobilenetV1/Predictions/Reshape".into()),
-        ..Default::default()
-    };
-    let quantized = Backbone::load(&ModelSource::File(file), &overrides).unwrap();
+    let quantized = quantized_logits(model_dir.path());
     assert_eq!(quantized.extractor().unwrap().flowers_layers, expected(27));
 }

@@ -212,6 +212,16 @@ fn validate(
     }))
 }
 
+/// The rows of a standard-layout matrix as slices, as training hands batches to the products.
+#[cfg(test)]
+fn rows_of(features: &Array2<f32>) -> Vec<&[f32]> {
+    features
+        .rows()
+        .into_iter()
+        .map(|r| r.to_slice().unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::final_layer::truncated_normal;
@@ -380,11 +390,7 @@ mod tests {
         let (features, labels) = uneven_blobs(30, 6);
         let raw = examples_of(features.clone(), labels.clone(), 3);
         let standardizer = Standardizer::of(&raw).unwrap();
-        let rows: Vec<&[f32]> = features
-            .rows()
-            .into_iter()
-            .map(|r| r.to_slice().unwrap())
-            .collect();
+        let rows = rows_of(&features);
         let mut values = Vec::new();
         let standardized = standardizer.apply(&rows, &mut values);
         let standardized = Array2::from_shape_vec(features.dim(), standardized.concat()).unwrap();
@@ -431,11 +437,7 @@ mod tests {
         .unwrap();
         let examples = examples_of(features.clone(), vec![0, 1, 0, 1], 2);
         let standardizer = Standardizer::of(&examples).unwrap();
-        let rows: Vec<&[f32]> = features
-            .rows()
-            .into_iter()
-            .map(|r| r.to_slice().unwrap())
-            .collect();
+        let rows = rows_of(&features);
         let mut values = Vec::new();
         let standardized = standardizer.apply(&rows, &mut values);
         assert_eq!(standardized[0], [-1.0, 0.0, (2.0 - 5.0) / 5f32.sqrt()]);

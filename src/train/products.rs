@@ -394,6 +394,7 @@ fn store_gradient<const CT: usize, const DT: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::rows_of;
     use super::*;
     use ndarray::Array2;
     use rand::{Rng, SeedableRng};
@@ -401,13 +402,6 @@ mod tests {
 
     fn random(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Array2<f32> {
         Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0))
-    }
-
-    fn rows_of(x: &Array2<f32>) -> Vec<&[f32]> {
-        x.rows()
-            .into_iter()
-            .map(|r| r.to_slice().unwrap())
-            .collect()
     }
 
     fn bits(values: &[f32]) -> Vec<u32> {

@@ -249,7 +249,7 @@ fn sole_binary_reader(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apply_kernels, Kernels};
+    use super::super::{run_swapped, Kernels};
     use super::*;
     use crate::backbone::{tensorflow, Backbone, BackboneGraph, Fetch, ModelSource, Overrides};
 
@@ -312,18 +312,7 @@ mod tests {
                 .preprocessing
                 .tensor_from_bytes(&std::fs::read(photo).unwrap())
                 .unwrap();
-            let run = |kernels| {
-                let mut model = typed(&backbone);
-                let replaced = apply_kernels(&mut model, kernels).unwrap();
-                let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-                let nodes = plan.model().nodes();
-                let named = |name: &str| nodes.iter().filter(|n| n.op.name() == name).count();
-                let conversions = (named("FlowersFromBlocked"), named("FlowersToBlocked"));
-                let output = plan.run(tvec!(input.clone().into())).unwrap();
-                let values = output[0].to_plain_array_view::<f32>().unwrap();
-                let values: Vec<f32> = values.iter().copied().collect();
-                (replaced, conversions, values)
-            };
+            let run = |kernels| run_swapped(typed(&backbone), kernels, &input);
             let (none, _, tracts) = run(Kernels::Portable);
             assert_eq!(none, 0);
             assert!(tracts.iter().any(|&v| v > 0.5), "a degenerate output");

@@ -288,6 +288,24 @@ fn sole_binary_reader(
     Ok(same_shape.then_some((next, op, konst)))
 }
 
+/// What a test learns from a model with `kernels` swapped in: the layers replaced, the
+/// conversions left (from blocks, to blocks) and the output on `input`.
+#[cfg(test)]
+fn run_swapped(
+    mut model: TypedModel,
+    kernels: Kernels,
+    input: &Tensor,
+) -> (usize, (usize, usize), Vec<f32>) {
+    let replaced = apply_kernels(&mut model, kernels).unwrap();
+    let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    let nodes = plan.model().nodes();
+    let named = |name: &str| nodes.iter().filter(|n| n.op.name() == name).count();
+    let conversions = (named("FlowersFromBlocked"), named("FlowersToBlocked"));
+    let output = plan.run(tvec!(input.clone().into())).unwrap();
+    let values = output[0].to_plain_array_view::<f32>().unwrap();
+    (replaced, conversions, values.iter().copied().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,23 +410,12 @@ mod tests {
             })
             .into();
         let run = |kernels| {
-            let mut model = tract_onnx::onnx()
+            let model = tract_onnx::onnx()
                 .model_for_path(path)
                 .unwrap()
                 .into_typed()
                 .unwrap();
-            let replaced = apply_kernels(&mut model, kernels).unwrap();
-            let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-            let nodes = plan.model().nodes();
-            let named = |name: &str| nodes.iter().filter(|n| n.op.name() == name).count();
-            let conversions = (named("FlowersFromBlocked"), named("FlowersToBlocked"));
-            let output = plan.run(tvec!(input.clone().into())).unwrap();
-            let values = output[0].to_plain_array_view::<f32>().unwrap();
-            (
-                replaced,
-                conversions,
-                values.iter().copied().collect::<Vec<f32>>(),
-            )
+            super::run_swapped(model, kernels, &input)
         };
         let (_, _, tracts) = run(Kernels::Portable);
         assert_eq!(tracts.len(), 24);
