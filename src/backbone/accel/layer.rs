@@ -190,9 +190,6 @@ pub(crate) fn pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Opt
         height,
         width,
     };
-    // Checked here, so that a layer found is one whose weights can be read.
-    kernel.try_as_plain_ram()?.as_slice::<f32>()?;
-    bias.try_as_plain_ram()?.as_slice::<f32>()?;
     Ok(Some(Eligible {
         shape,
         kernel: kernel.clone(),

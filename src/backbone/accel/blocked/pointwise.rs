@@ -87,7 +87,17 @@ pub(crate) fn convolve(
                 &weights[first * BLOCK * padded_inputs..][..count * BLOCK * padded_inputs];
             let bias = &bias[first * BLOCK..][..count * BLOCK];
             let output = &mut output[(first - start) * pixels * BLOCK..][..count * pixels * BLOCK];
-            group(isa, pixels, data, weights, bias, clip, output);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2(isa) => super::x86_64_avx2::pointwise_group(
+                    isa, pixels, data, weights, bias, clip, output,
+                ),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512(isa) => super::x86_64_avx512::pointwise_group(
+                    isa, pixels, data, weights, bias, clip, output,
+                ),
+                _ => portable::pointwise_group(pixels, data, weights, bias, clip, output),
+            }
         }
     };
     let multiply_adds = pixels * padded_inputs * out.blocks() * BLOCK;
@@ -111,29 +121,6 @@ pub(super) fn worth_a_second_thread(multiply_adds: usize) -> bool {
     multiply_adds >= SPLIT_FROM
         && rayon::current_thread_index().is_some()
         && rayon::current_num_threads() > 1
-}
-
-/// One group of output blocks over every pixel, with `isa`'s kernel.
-fn group(
-    isa: Isa,
-    pixels: usize,
-    data: &[f32],
-    weights: &[f32],
-    bias: &[f32],
-    clip: (f32, f32),
-    output: &mut [f32],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2(isa) => {
-            super::x86_64_avx2::pointwise_group(isa, pixels, data, weights, bias, clip, output)
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512(isa) => {
-            super::x86_64_avx512::pointwise_group(isa, pixels, data, weights, bias, clip, output)
-        }
-        _ => portable::pointwise_group(pixels, data, weights, bias, clip, output),
-    }
 }
 
 /// The node: inputs are the blocked data, the weights and bias as [`pack`] lays them out.
