@@ -13,6 +13,7 @@ pub mod download;
 pub mod limits;
 pub mod names;
 pub mod onnx;
+pub mod onnx_file;
 mod plan;
 pub mod registry;
 pub mod tensorflow;

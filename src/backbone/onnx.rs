@@ -20,18 +20,49 @@ pub fn decode_model(bytes: impl Into<Bytes>, display: &str) -> Result<ModelProto
     // one copy into each tensor, instead of copying them twice from a `&[u8]` (a measurable
     // part of a one-image `label`; BENCHMARKS.md).
     let bytes = bytes.into();
-    let not_onnx = || anyhow!("{display} is not an ONNX model (protobuf decoding failed)");
-    let shallow = shallow::Model::decode(bytes.clone()).map_err(|_| not_onnx())?;
+    check_shallow(&bytes, display)?;
+    let proto = ModelProto::decode(bytes).map_err(|_| not_onnx(display))?;
+    check_decoded(proto, display, &|_| None)
+}
+
+fn not_onnx(display: &str) -> anyhow::Error {
+    anyhow!("{display} is not an ONNX model (protobuf decoding failed)")
+}
+
+/// What must hold before prost decodes a model whole: counts within [`limits`], no
+/// functions or subgraphs (whose nesting prost would follow).
+pub(super) fn check_shallow(bytes: &[u8], display: &str) -> Result<()> {
+    let shallow = shallow::Model::decode(bytes).map_err(|_| not_onnx(display))?;
     shallow
         .check()
-        .with_context(|| format!("{display} is refused"))?;
-    let proto = ModelProto::decode(bytes).map_err(|_| not_onnx())?;
+        .with_context(|| format!("{display} is refused"))
+}
+
+/// [`check_model_with`] on a decoded model, which must have a graph.
+pub(super) fn check_decoded(
+    proto: ModelProto,
+    display: &str,
+    unread: &dyn Fn(usize) -> Option<u64>,
+) -> Result<ModelProto> {
     if proto.graph.as_ref().is_none_or(|g| g.node.is_empty()) {
         bail!("{display} is not an ONNX model (it has no graph)");
     }
-    check_model(&proto).with_context(|| format!("{display} is refused"))?;
+    check_model_with(&proto, unread).with_context(|| format!("{display} is refused"))?;
     Ok(proto)
 }
+
+/// The ops tract evaluates while it loads a graph, whose constant arguments
+/// [`check_model`] reads to bound what they generate.
+pub(super) const GENERATORS: [&str; 8] = [
+    "ConstantOfShape",
+    "Expand",
+    "Tile",
+    "Range",
+    "OneHot",
+    "HannWindow",
+    "HammingWindow",
+    "BlackmanWindow",
+];
 
 /// Everything about an ONNX model that must hold before tract sees it: versions flowers
 /// knows, a bounded acyclic graph whose outputs exist, constants whose declared sizes are
@@ -39,14 +70,24 @@ pub fn decode_model(bytes: impl Into<Bytes>, display: &str) -> Result<ModelProto
 /// `Tile`, `Range`) whose constant arguments ask for a bounded tensor: tract evaluates
 /// those while it loads the graph, and an allocation that fails aborts.
 pub fn check_model(proto: &ModelProto) -> Result<()> {
+    check_model_with(proto, &|_| None)
+}
+
+/// [`check_model`] on a model some of whose initializers' data is still on disk:
+/// `unread(i)` is the length of the data of initializer `i` if it was not read.
+pub(super) fn check_model_with(
+    proto: &ModelProto,
+    unread: &dyn Fn(usize) -> Option<u64>,
+) -> Result<()> {
     check_versions(proto)?;
     let graph = proto
         .graph
         .as_ref()
         .ok_or_else(|| anyhow!("it has no graph"))?;
     let mut constants = Tally::default();
-    for tensor in &graph.initializer {
-        check_tensor(tensor, "initializer", &mut constants)?;
+    for (i, tensor) in graph.initializer.iter().enumerate() {
+        let raw = unread(i).unwrap_or(tensor.raw_data.len() as u64);
+        check_tensor(tensor, raw, "initializer", &mut constants)?;
     }
     if !graph.sparse_initializer.is_empty() {
         bail!("it has sparse initializers, which flowers does not read");
@@ -81,7 +122,8 @@ fn check_versions(proto: &ModelProto) -> Result<()> {
 
 /// Checks one constant: a numeric type, data in the file itself, a bounded declared size
 /// and exactly that many values present. Adds its size to `total`.
-fn check_tensor(tensor: &TensorProto, what: &str, total: &mut Tally) -> Result<()> {
+/// `raw` is the length of its `raw_data`, read or not.
+fn check_tensor(tensor: &TensorProto, raw: u64, what: &str, total: &mut Tally) -> Result<()> {
     let name = quote(&tensor.name);
     let Some(size) = element_size(tensor.data_type) else {
         bail!(
@@ -98,14 +140,14 @@ fn check_tensor(tensor: &TensorProto, what: &str, total: &mut Tally) -> Result<(
     if count > MAX_TENSOR_ELEMENTS {
         bail!("{what} {name} declares {count} values, over the limit of {MAX_TENSOR_ELEMENTS}");
     }
-    let present = if tensor.raw_data.is_empty() {
+    let present = if raw == 0 {
         (tensor.float_data.len()
             + tensor.int32_data.len()
             + tensor.int64_data.len()
             + tensor.double_data.len()
             + tensor.uint64_data.len()) as u64
-    } else if (tensor.raw_data.len() as u64).is_multiple_of(size) {
-        tensor.raw_data.len() as u64 / size
+    } else if raw.is_multiple_of(size) {
+        raw / size
     } else {
         u64::MAX
     };
@@ -153,7 +195,7 @@ fn check_attributes(node: &pb::NodeProto, total: &mut Tally) -> Result<()> {
             bail!("{what} is a sparse tensor, which flowers does not read");
         }
         for tensor in attribute.t.iter().chain(&attribute.tensors) {
-            check_tensor(tensor, &what, total)?;
+            check_tensor(tensor, tensor.raw_data.len() as u64, &what, total)?;
         }
     }
     Ok(())

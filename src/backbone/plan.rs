@@ -86,6 +86,17 @@ impl Plan {
         Plan::finish(model, inputs, output)
     }
 
+    /// [`Plan::with_inputs`] for an ONNX graph read from its file, its weights read
+    /// straight into tract's tensors.
+    pub fn from_onnx_file(
+        file: super::onnx_file::OnnxFile<'_>,
+        inputs: &[(Option<&str>, &Preprocessing)],
+        output: &str,
+    ) -> Result<Plan> {
+        prefer_fastest_matmul_kernels();
+        Plan::finish(file.into_tract()?, inputs, output)
+    }
+
     /// The same for a TensorFlow frozen graph, cut at `input` (a tensor the image is fed
     /// to, `input` for MobileNet, `Mul` for Inception) and at `output`.
     pub fn from_tensorflow(

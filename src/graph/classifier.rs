@@ -11,17 +11,19 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use prost::bytes::Bytes;
 use serde::Serialize;
+use tract_onnx::pb::ModelProto;
 
 use super::metadata::GraphMetadata;
 use super::tflite;
 use super::tflite::run::Interpreter;
 use crate::backbone::limits::{self, quote};
 use crate::backbone::onnx::decode_model;
+use crate::backbone::onnx_file;
 use crate::backbone::tensorflow::{self, GraphDef};
 use crate::backbone::Plan;
 use crate::image::{decode_rgb, Layout, Preprocessing, ResizeRule};
 use crate::problem::Problem;
-use crate::util::files::read_regular;
+use crate::util::files::{open_bounded, read_exact_at, read_opened, read_regular};
 use crate::util::panic_guard::{catching_panics, catching_panics_in};
 
 /// The labels file read when neither `--labels` nor the graph gives labels.
@@ -93,9 +95,34 @@ impl RetrainedGraph {
         labels_file: Option<&Path>,
         flags: &LabelImageFlags,
     ) -> Result<RetrainedGraph> {
-        let bytes = read_regular(path, limits::MAX_GRAPH_BYTES)
-            .map_err(|e| anyhow!("cannot read graph {}: {e}", path.display()))?;
-        RetrainedGraph::from_bytes(bytes, &path.display().to_string(), labels_file, flags)
+        let cannot_read = |e| anyhow!("cannot read graph {}: {e}", path.display());
+        let display = path.display().to_string();
+        let (file, size) = open_bounded(path, limits::MAX_GRAPH_BYTES).map_err(cannot_read)?;
+        let mut head = [0; 8];
+        let head = &mut head[..size.min(8) as usize];
+        read_exact_at(&file, head, 0).map_err(|e| cannot_read(e.into()))?;
+        if Format::of(head) != Format::Onnx {
+            let bytes = read_opened(file, size, limits::MAX_GRAPH_BYTES).map_err(cannot_read)?;
+            return RetrainedGraph::from_bytes(bytes, &display, labels_file, flags);
+        }
+        // An ONNX graph is read from the file as it is decoded, its weights straight into
+        // their buffers ([`onnx_file`]), and the digest hashes the file on its own.
+        let (intact, loaded) = std::thread::scope(|scope| {
+            let checking = scope.spawn(|| super::digest::verify_file(&file, size, &display));
+            let loaded = catching_panics_in(&display, || {
+                let model = OnnxModel::OnDisk(onnx_file::read(&file, size, &display)?);
+                load_onnx(model, labels_file, flags, &display)
+            });
+            (checking.join(), loaded)
+        });
+        intact.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let (labels, plan) = loaded?;
+        RetrainedGraph::new(
+            labels,
+            plan.preprocessing.clone(),
+            Runner::Tract(plan),
+            &display,
+        )
     }
 
     /// [`RetrainedGraph::load`] for a graph already read, shown as `display` in errors.
@@ -120,6 +147,15 @@ impl RetrainedGraph {
         });
         intact.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         let (labels, preprocessing, runner) = loaded?;
+        RetrainedGraph::new(labels, preprocessing, runner, display)
+    }
+
+    fn new(
+        labels: Vec<String>,
+        preprocessing: Preprocessing,
+        runner: Runner,
+        display: &str,
+    ) -> Result<RetrainedGraph> {
         if labels.len() != runner.output_len() {
             bail!(
                 "{display} has {} outputs but {} labels: pass the labels file written with this graph",
@@ -197,6 +233,28 @@ impl RetrainedGraph {
     }
 }
 
+/// The kinds of graph file flowers reads, told apart by their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Tflite,
+    TensorFlow,
+    Onnx,
+}
+
+impl Format {
+    /// The format of a file starting with `head` (its first eight bytes, or all of a
+    /// shorter file): whatever is neither TensorFlow Lite nor TensorFlow is tried as ONNX.
+    fn of(head: &[u8]) -> Format {
+        if tflite::read::looks_like_tflite(head) {
+            Format::Tflite
+        } else if tensorflow::looks_like_graph_def(head) {
+            Format::TensorFlow
+        } else {
+            Format::Onnx
+        }
+    }
+}
+
 /// Any graph flowers reads, told apart by content: TensorFlow Lite, TensorFlow, ONNX.
 fn load_any(
     bytes: Bytes,
@@ -204,45 +262,64 @@ fn load_any(
     flags: &LabelImageFlags,
     display: &str,
 ) -> Result<(Vec<String>, Preprocessing, Runner)> {
-    if tflite::read::looks_like_tflite(&bytes) {
-        return load_tflite(&bytes, labels_file, flags, display);
-    }
-    let (labels, plan) = if tensorflow::looks_like_graph_def(&bytes) {
-        let graph = tensorflow::decode_graph(bytes, display)?;
-        load_tensorflow(graph, labels_file, flags, display)?
-    } else {
-        load_onnx(bytes, labels_file, flags, display)?
+    let (labels, plan) = match Format::of(&bytes) {
+        Format::Tflite => return load_tflite(&bytes, labels_file, flags, display),
+        Format::TensorFlow => {
+            let graph = tensorflow::decode_graph(bytes, display)?;
+            load_tensorflow(graph, labels_file, flags, display)?
+        }
+        // Consumed, so its memory is freed for the copies tract makes next.
+        Format::Onnx => {
+            let proto = decode_model(bytes, display)?;
+            load_onnx(OnnxModel::Decoded(proto), labels_file, flags, display)?
+        }
     };
     Ok((labels, plan.preprocessing.clone(), Runner::Tract(plan)))
 }
 
 /// flowers' ONNX graph: everything from its metadata.
 fn load_onnx(
-    bytes: Bytes,
+    model: OnnxModel,
     labels_file: Option<&Path>,
     flags: &LabelImageFlags,
     display: &str,
 ) -> Result<(Vec<String>, Plan)> {
-    // Consumed, so its memory is freed for the copies tract makes next (see `Plan::new`).
-    let proto = decode_model(bytes, display)?;
-    let metadata = GraphMetadata::of_onnx(&proto, display)?;
-    let output = proto
-        .graph
-        .as_ref()
+    let proto = model.proto();
+    let metadata = GraphMetadata::of_onnx(proto, display)?;
+    let graph = proto.graph.as_ref();
+    let output = graph
         .and_then(|g| g.output.first())
         .map(|o| o.name.clone())
         .ok_or_else(|| anyhow!("{display} has no output"))?;
-    let input = proto
-        .graph
-        .as_ref()
+    let input = graph
         .and_then(|g| g.input.first())
         .map(|i| i.name.clone())
         .unwrap_or_default();
     warn_about_flags(flags, &metadata.preprocessing, &input, &output, display);
     let labels = resolve_labels(metadata.labels.clone(), labels_file, display)?;
-    let plan = Plan::with_inputs(Cow::Owned(proto), &metadata.input_list(), &output)
-        .with_context(|| format!("cannot prepare {display} for inference"))?;
+    let inputs = metadata.input_list();
+    let plan = match model {
+        OnnxModel::Decoded(proto) => Plan::with_inputs(Cow::Owned(proto), &inputs, &output),
+        OnnxModel::OnDisk(file) => Plan::from_onnx_file(file, &inputs, &output),
+    };
+    let plan = plan.with_context(|| format!("cannot prepare {display} for inference"))?;
     Ok((labels, plan))
+}
+
+/// An ONNX graph decoded from memory, or read from its file with its weights left there
+/// until tract needs them.
+enum OnnxModel<'f> {
+    Decoded(ModelProto),
+    OnDisk(onnx_file::OnnxFile<'f>),
+}
+
+impl OnnxModel<'_> {
+    fn proto(&self) -> &ModelProto {
+        match self {
+            OnnxModel::Decoded(proto) => proto,
+            OnnxModel::OnDisk(file) => &file.proto,
+        }
+    }
 }
 
 /// A `.tflite` file flowers wrote: preprocessing and labels from its flowers metadata.

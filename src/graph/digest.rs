@@ -15,13 +15,15 @@
 //! (the end of an ONNX file; `=sha256:` in a TensorFlow metadata string) counts as a
 //! damaged entry.
 
+use std::fs::File;
 use std::ops::Range;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use memchr::memmem;
 use sha2::{Digest, Sha256};
 
 use super::metadata::keys;
+use crate::util::files::read_exact_at;
 
 /// The value written before the digest is known; [`seal`] fills in the digits.
 pub const UNSEALED: &str =
@@ -29,6 +31,13 @@ pub const UNSEALED: &str =
 
 /// Hex digits of a sha256.
 const DIGITS: usize = 64;
+
+/// Bytes at a file's end searched for its digest before anything else is read: flowers
+/// writes the entry last.
+const TAIL: u64 = 4096;
+
+/// Bytes hashed per read when a file is hashed from disk.
+const CHUNK: usize = 256 << 10;
 
 /// What comes between the key and the digits in an ONNX `StringStringEntryProto`: the value
 /// field's tag (2) and length (71).
@@ -99,10 +108,49 @@ pub fn verify(bytes: &[u8], display: &str) -> Result<()> {
         Found::At(digits) => bytes[digits.clone()] == *compute(bytes, digits).as_bytes(),
         Found::Damaged => false,
     };
+    intact_or_refused(intact, display)
+}
+
+fn intact_or_refused(intact: bool, display: &str) -> Result<()> {
     if !intact {
         bail!("{display} is damaged: digest mismatch; retrain or restore it");
     }
     Ok(())
+}
+
+/// [`verify`] for a graph on disk, `size` bytes of `file`, without holding it in memory
+/// when the digest is in its last bytes (where flowers writes it in an ONNX file): the
+/// digest found there is the file's last, so the answer is [`verify`]'s. Otherwise the
+/// file is read whole and given to [`verify`].
+pub fn verify_file(file: &File, size: u64, display: &str) -> Result<()> {
+    let read = |buf: &mut [u8], at: u64| {
+        read_exact_at(file, buf, at).map_err(|e| anyhow!("cannot read graph {display}: {e}"))
+    };
+    let tail_start = size.saturating_sub(TAIL);
+    let mut tail = vec![0; (size - tail_start) as usize];
+    read(&mut tail, tail_start)?;
+    let Found::At(in_tail) = locate(&tail) else {
+        let mut whole = vec![0; size as usize];
+        read(&mut whole, 0)?;
+        return verify(&whole, display);
+    };
+    let digits = tail_start + in_tail.start as u64..tail_start + in_tail.end as u64;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0; CHUNK];
+    for (start, end) in [(0, digits.start), (digits.end, size)] {
+        let mut at = start;
+        while at < end {
+            let n = CHUNK.min((end - at) as usize);
+            read(&mut chunk[..n], at)?;
+            hasher.update(&chunk[..n]);
+            at += n as u64;
+        }
+        if start == 0 {
+            hasher.update([b'0'; DIGITS]);
+        }
+    }
+    let digest = format!("{:x}", hasher.finalize());
+    intact_or_refused(tail[in_tail] == *digest.as_bytes(), display)
 }
 
 #[cfg(test)]
@@ -182,5 +230,47 @@ mod tests {
         bytes[key + 3] = b'X';
         assert_eq!(locate(&bytes), Found::Damaged);
         assert!(verify(&bytes, "g").is_err());
+    }
+
+    #[test]
+    fn a_file_verifies_from_disk_as_its_bytes_do_in_memory() {
+        let mut rng = ChaCha8Rng::seed_from_u64(24);
+        // Longer than a chunk, so the hash runs over several reads and the digest's span.
+        let body: Vec<u8> = (0..CHUNK * 2 + 77).map(|_| rng.random()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.onnx");
+        let mut cases = vec![body.clone(), b"short".to_vec()];
+        for make in [onnx_like, tensorflow_like] {
+            let mut sealed = make(&body);
+            seal(&mut sealed);
+            for at in [0, CHUNK - 1, CHUNK, sealed.len() - 70, sealed.len() - 1] {
+                let mut damaged = sealed.clone();
+                damaged[at] ^= 0x20;
+                cases.push(damaged);
+            }
+            cases.push(sealed);
+        }
+        for bytes in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            let on_disk = verify_file(&file, bytes.len() as u64, "g").map_err(|e| e.to_string());
+            let in_memory = verify(&bytes, "g").map_err(|e| e.to_string());
+            assert_eq!(on_disk, in_memory);
+        }
+    }
+
+    #[test]
+    fn a_file_shorter_than_it_was_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.onnx");
+        let mut bytes = onnx_like(b"weights");
+        seal(&mut bytes);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let error = verify_file(&file, bytes.len() as u64 + 10, "g.onnx").unwrap_err();
+        assert!(
+            error.to_string().starts_with("cannot read graph g.onnx: "),
+            "{error}"
+        );
     }
 }

@@ -63,15 +63,55 @@ pub fn open_regular(path: &Path) -> Result<(File, u64), ReadError> {
     Ok((file, meta.len()))
 }
 
+/// [`open_regular`] with the size checked against `limit` before anything is read.
+pub fn open_bounded(path: &Path, limit: u64) -> Result<(File, u64), ReadError> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(ReadError::TooLarge { size, limit });
+    }
+    Ok((file, size))
+}
+
+/// Fills `buf` from `file` at `offset` without moving the file's cursor, so that several
+/// threads can read one open file at once. A file that ends before `buf` is full is an
+/// `UnexpectedEof` error.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut offset) = (buf, offset);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, buf, offset);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// Reads the whole of `path` if it is a regular file of at most `limit` bytes.
 ///
 /// The size is checked before reading and the read is capped, so a file that grows while
 /// it is read still yields at most `limit + 1` bytes before it is refused.
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let (file, size) = open_regular(path)?;
-    if size > limit {
-        return Err(ReadError::TooLarge { size, limit });
-    }
+    let (file, size) = open_bounded(path, limit)?;
+    read_opened(file, size, limit)
+}
+
+/// [`read_regular`] for a file [`open_bounded`] opened: `size` is what it said.
+pub fn read_opened(file: File, size: u64, limit: u64) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::with_capacity(size as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {

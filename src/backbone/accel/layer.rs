@@ -120,19 +120,10 @@ pub(crate) struct Pointwise {
 /// A pointwise layer the blocked ops can take over, found by [`pointwise`].
 pub(crate) struct Eligible {
     pub shape: Pointwise,
-    /// The kernel, `outputs x inputs`, row-major: the graph's own constant, not a copy.
+    /// The kernel, `outputs x inputs`, row-major: the graph's own constant, not a copy,
+    /// and once [`super::release_kernel`] has run, the only hold on it.
     pub kernel: Arc<Tensor>,
     pub bias: Arc<Tensor>,
-}
-
-impl Eligible {
-    pub(crate) fn kernel(&self) -> TractResult<&[f32]> {
-        self.kernel.try_as_plain_ram()?.as_slice::<f32>()
-    }
-
-    pub(crate) fn bias(&self) -> TractResult<&[f32]> {
-        self.bias.try_as_plain_ram()?.as_slice::<f32>()
-    }
 }
 
 /// `node` as a pointwise layer, if it is one the blocked ops can run: a float 1x1 `Conv` with unit

@@ -31,7 +31,9 @@ mod op;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::math::{Max, Min};
+use tract_onnx::tract_core::ops::source::TypedSource;
 
 use blocked::Isa;
 use cpu::Kernels;
@@ -69,15 +71,36 @@ fn apply_kernels(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize>
     channels_first::rewrite(model, |model, node| Ok(Layer::of(model, node)?.is_some()))?;
     let mut replaced = 0;
     for id in model.eval_order()? {
-        let node = model.node(id);
-        if let Some(layer) = Layer::of(model, node)? {
-            blocked_swap(model, node, layer, isa)?.apply(model)?;
+        if let Some(layer) = Layer::of(model, model.node(id))? {
+            if let Layer::Pointwise(_) = layer {
+                release_kernel(model, id)?;
+            }
+            blocked_swap(model, model.node(id), layer, isa)?.apply(model)?;
             replaced += 1;
-        } else if let Some(patch) = blocked_add(model, node)? {
+        } else if let Some(patch) = blocked_add(model, model.node(id))? {
             patch.apply(model)?;
         }
     }
     Ok(replaced)
+}
+
+/// Lets go of the graph's hold on the kernel of the pointwise layer `id` when the layer is
+/// its only reader: the constant becomes a source of the same shape that nothing will
+/// read once the layer is swapped, so the [`layer::Eligible`] found for the layer owns the
+/// kernel alone and packing can reuse its memory ([`blocked::pack_grouped_owned`]).
+/// A kernel shared with another reader stays, and is packed from a copy.
+fn release_kernel(model: &mut TypedModel, id: usize) -> TractResult<()> {
+    let outlet = model.node(id).inputs[1];
+    let sole_reader = model.outlet_successors(outlet).len() == 1
+        && !model.output_outlets()?.contains(&outlet)
+        && model.node(outlet.node).op_is::<Const>();
+    if sole_reader {
+        let fact = model.outlet_fact(outlet)?.without_value();
+        let constant = model.node_mut(outlet.node);
+        constant.op = Box::new(TypedSource::new(fact.clone()));
+        constant.outputs[0].fact = fact;
+    }
+    Ok(())
 }
 
 /// The patch putting the blocked op for `layer` in place of `node` and its clamp: it reads
@@ -137,7 +160,9 @@ fn blocked_swap(
                 outputs: s.outputs,
             };
             let data = blocked_input(model, &mut patch, node.inputs[0], input)?;
-            let packed = pack_pointwise(&shape, isa, found.kernel()?, found.bias()?)?;
+            let layer::Eligible { kernel, bias, .. } = *found;
+            let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+            let packed = pack_pointwise(&shape, isa, kernel, bias)?;
             let op = BlockedPointwise { shape, clip, isa };
             (Box::new(op), data, packed, shape.output())
         }
@@ -327,6 +352,34 @@ mod tests {
             replaced,
             model.into_optimized().unwrap().into_runnable().unwrap(),
         )
+    }
+
+    #[test]
+    fn a_pointwise_kernel_read_by_its_layer_alone_is_released_to_it() {
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &crate::backbone::registry::DEFAULT_MODEL[..])
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+            .unwrap()
+            .with_outputs_by_name(["features"])
+            .unwrap()
+            .into_typed()
+            .unwrap();
+        model.prop_consts().unwrap();
+        let mut released = 0;
+        for id in model.eval_order().unwrap() {
+            let Some(found) = layer::pointwise(&model, model.node(id)).unwrap() else {
+                continue;
+            };
+            assert!(std::sync::Arc::strong_count(&found.kernel) > 1);
+            release_kernel(&mut model, id).unwrap();
+            assert_eq!(std::sync::Arc::strong_count(&found.kernel), 1);
+            let kernel = model.node(id).inputs[1];
+            assert!(model.outlet_fact(kernel).unwrap().konst.is_none());
+            released += 1;
+        }
+        // MobileNet v1's thirteen pointwise layers.
+        assert_eq!(released, 13);
     }
 
     /// The clamp a node of flowers' applies, if it is one of its convolutions.

@@ -43,6 +43,7 @@ mod x86_64_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_64_avx512;
 
+use rayon::prelude::*;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -51,7 +52,9 @@ use super::layer::Geometry;
 
 pub(crate) use dense::pack as pack_dense;
 pub(crate) use direct::BlockedDirectConv;
-pub(crate) use pointwise::{pack as pack_pointwise, BlockedPointwise, Shape as PointwiseShape};
+pub(crate) use pointwise::{
+    pack_owned as pack_pointwise, BlockedPointwise, Shape as PointwiseShape,
+};
 
 /// Channels per block: the lanes of an AVX2 vector, half those of an AVX-512 one.
 pub(crate) const BLOCK: usize = 8;
@@ -347,6 +350,27 @@ pub(crate) fn groups(blocks: usize, max: usize) -> Vec<(usize, usize)> {
     groups
 }
 
+/// Writes `matrix` (rows of `columns` values) transposed into `out` (rows of `stride`
+/// values, `stride` at least `matrix`'s row count), in squares of sixteen: each square
+/// reads sixteen whole cache lines and writes sixteen. Row by row instead, the reads or the
+/// writes go down a column whose elements lie a power of two apart and all fall in one
+/// set of the first-level cache.
+fn transpose(matrix: &[f32], columns: usize, out: &mut [f32], stride: usize) {
+    const SQUARE: usize = 16;
+    let rows = matrix.len() / columns;
+    for row0 in (0..rows).step_by(SQUARE) {
+        for column0 in (0..columns).step_by(SQUARE) {
+            let width = SQUARE.min(columns - column0);
+            for row in row0..rows.min(row0 + SQUARE) {
+                let values = &matrix[row * columns + column0..][..width];
+                for (i, &value) in values.iter().enumerate() {
+                    out[(column0 + i) * stride + row] = value;
+                }
+            }
+        }
+    }
+}
+
 /// Lays `kernel` (`outputs x inputs`, row-major) out for the tiles of [`groups`] of at most
 /// `max` blocks: the group starting at block `b` holds `[input][block of the group][8]`
 /// from `b * 8 * rows` on, `rows >= inputs` inputs per output (the rows past `inputs`
@@ -363,21 +387,77 @@ pub(crate) fn pack_grouped(
     // Packed straight into the tensor the plan keeps: the weights are the graph's bulk,
     // and every copy of them is page faults on a one-image `label`.
     let mut tensor = Tensor::zero::<f32>(&[blocks * BLOCK * rows])?;
-    let mut plain = tensor.try_as_plain_ram_mut()?;
-    let packed = plain.as_slice_mut::<f32>()?;
-    for (first, count) in groups(blocks, max) {
-        let group = &mut packed[first * BLOCK * rows..][..count * BLOCK * rows];
+    // The groups are independent, and on a one-image `label` the other cores are idle
+    // while the graph is prepared; on a pool's worker they are shared out with its peers.
+    for_each_group(&mut tensor, (blocks, max, rows), |first, count, group| {
         let width = count * BLOCK;
-        // Output by output: each reads its kernel row in order and writes one column of
-        // its group, which stays in the second-level cache meanwhile.
-        for j in 0..width.min(outputs - first * BLOCK) {
-            let row = &kernel[(first * BLOCK + j) * inputs..][..inputs];
-            for (i, &w) in row.iter().enumerate() {
-                group[i * width + j] = w;
-            }
-        }
+        let valid = width.min(outputs - first * BLOCK);
+        let rows = &kernel[first * BLOCK * inputs..][..valid * inputs];
+        transpose(rows, inputs, group, width);
+    })?;
+    Ok((tensor, padded_bias(bias, blocks)))
+}
+
+/// [`pack_grouped`] for a kernel tensor (`outputs x inputs` values) it may take over: when
+/// this is its only owner and the layout needs no padding (whole blocks of outputs,
+/// `rows == inputs`), each group of the packed layout occupies the same span as the
+/// group's outputs in the kernel, so the kernel's own memory becomes the packed weights,
+/// each group transposed through a scratch buffer of its size. The weights are the
+/// graph's bulk, and memory the process has not touched yet costs more than the copy.
+pub(crate) fn pack_grouped_owned(
+    kernel: Arc<Tensor>,
+    bias: &[f32],
+    (outputs, inputs): (usize, usize),
+    rows: usize,
+    max: usize,
+) -> TractResult<(Tensor, Tensor)> {
+    let blocks = outputs.div_ceil(BLOCK);
+    let unpadded = rows == inputs && blocks * BLOCK == outputs;
+    let copy = |kernel: &Tensor| {
+        let values = kernel.try_as_plain_ram()?.as_slice::<f32>()?;
+        pack_grouped(values, bias, (outputs, inputs), rows, max)
+    };
+    let kernel = match Arc::try_unwrap(kernel) {
+        Ok(owned) if unpadded => owned,
+        Ok(owned) => return copy(&owned),
+        Err(shared) => return copy(&shared),
+    };
+    ensure!(kernel.len() == inputs * outputs && bias.len() == outputs);
+    let mut tensor = kernel.into_shape(&[outputs * inputs])?;
+    // Each of the pool's workers gets a scratch buffer of its own (a clone of this one).
+    let mut scratch = Vec::new();
+    for_each_group(&mut tensor, (blocks, max, rows), move |_, count, group| {
+        scratch.clear();
+        scratch.extend_from_slice(group);
+        transpose(&scratch, inputs, group, count * BLOCK);
+    })?;
+    Ok((tensor, padded_bias(bias, blocks)))
+}
+
+/// Runs `pack(first block, count, span)` on the span of `packed` of each of [`groups`] of
+/// at most `max` of its `blocks` (`rows` values per output), on the pool.
+fn for_each_group(
+    packed: &mut Tensor,
+    (blocks, max, rows): (usize, usize, usize),
+    pack: impl FnMut(usize, usize, &mut [f32]) + Clone + Send,
+) -> TractResult<()> {
+    let mut plain = packed.try_as_plain_ram_mut()?;
+    let mut rest = plain.as_slice_mut::<f32>()?;
+    let mut spans = Vec::new();
+    for (first, count) in groups(blocks, max) {
+        let (span, after) = rest.split_at_mut(count * BLOCK * rows);
+        spans.push((first, count, span));
+        rest = after;
     }
+    spans
+        .into_par_iter()
+        .for_each_with(pack, |pack, (first, count, span)| pack(first, count, span));
+    Ok(())
+}
+
+/// `bias` with zeros up to whole blocks.
+fn padded_bias(bias: &[f32], blocks: usize) -> Tensor {
     let mut padded = vec![0f32; blocks * BLOCK];
-    padded[..outputs].copy_from_slice(bias);
-    Ok((tensor, tensor1(&padded)))
+    padded[..bias.len()].copy_from_slice(bias);
+    tensor1(&padded)
 }

@@ -11,7 +11,7 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::{groups, pack_grouped, portable, Isa, Planes, BLOCK};
+use super::{groups, portable, Isa, Planes, BLOCK};
 use crate::backbone::accel::op::{eval_f32, Clip};
 
 /// One pointwise layer on blocked activations, fixed when the plan is built.
@@ -46,7 +46,8 @@ impl Shape {
 }
 
 /// Packs `kernel` (`outputs x inputs`, row-major) and `bias` for [`convolve`] with `isa`
-/// (see [`pack_grouped`]).
+/// (see [`pack_grouped`]); the plan packs with [`pack_owned`], which ends the same.
+#[cfg(test)]
 pub(crate) fn pack(
     shape: &Shape,
     isa: Isa,
@@ -54,7 +55,25 @@ pub(crate) fn pack(
     bias: &[f32],
 ) -> TractResult<(Tensor, Tensor)> {
     let (inputs, outputs) = (shape.input.channels, shape.outputs);
-    pack_grouped(
+    super::pack_grouped(
+        kernel,
+        bias,
+        (outputs, inputs),
+        shape.padded_inputs(),
+        isa.pointwise_group(),
+    )
+}
+
+/// [`pack`] for a kernel tensor whose memory the packed weights may take over (see
+/// [`super::pack_grouped_owned`]).
+pub(crate) fn pack_owned(
+    shape: &Shape,
+    isa: Isa,
+    kernel: Arc<Tensor>,
+    bias: &[f32],
+) -> TractResult<(Tensor, Tensor)> {
+    let (inputs, outputs) = (shape.input.channels, shape.outputs);
+    super::pack_grouped_owned(
         kernel,
         bias,
         (outputs, inputs),

@@ -298,3 +298,50 @@ fn dense_matches_the_definition() {
         }
     }
 }
+
+#[test]
+fn packing_in_the_kernels_own_memory_lays_out_what_packing_a_copy_does() {
+    // Whole blocks (packed where the kernel was), partial blocks and padded inputs (packed
+    // from the kernel into new memory), and a kernel another owner still holds.
+    for (outputs, inputs) in [(64, 32), (136, 64), (20, 16), (16, 20), (1024, 40)] {
+        for max in [2, 4] {
+            let kernel = values(outputs * inputs, 9);
+            let bias = values(outputs, 10);
+            let rows = inputs.div_ceil(BLOCK) * BLOCK;
+            let (expected, expected_bias) =
+                pack_grouped(&kernel, &bias, (outputs, inputs), rows, max).unwrap();
+            let tensor = || {
+                let t = Tensor::from_shape(&[outputs, inputs, 1, 1], &kernel).unwrap();
+                Arc::new(t)
+            };
+            let unique = tensor();
+            let address = unique
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .as_ptr();
+            let (packed, packed_bias) =
+                pack_grouped_owned(unique, &bias, (outputs, inputs), rows, max).unwrap();
+            assert_eq!(
+                floats(&packed),
+                floats(&expected),
+                "{outputs}x{inputs} by {max}"
+            );
+            assert_eq!(floats(&packed_bias), floats(&expected_bias));
+            let in_place = packed
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .as_ptr();
+            assert_eq!(in_place == address, rows == inputs && outputs % BLOCK == 0);
+            let shared = tensor();
+            let holder = shared.clone();
+            let (packed, _) =
+                pack_grouped_owned(shared, &bias, (outputs, inputs), rows, max).unwrap();
+            assert_eq!(floats(&packed), floats(&expected));
+            assert_eq!(floats(&holder), kernel);
+        }
+    }
+}
