@@ -62,6 +62,8 @@ pub struct OnnxFile<'f> {
     /// The initializers still on disk: their index in the graph's and where their data is.
     deferred: Vec<(usize, Range<u64>)>,
     file: &'f File,
+    /// The file as errors name it.
+    display: String,
 }
 
 /// Reads and checks the ONNX model in `file` (`size` bytes, shown as `display` in errors)
@@ -122,6 +124,7 @@ fn read_deferring<'f>(
         proto,
         deferred,
         file,
+        display: display.to_string(),
     })
 }
 
@@ -144,6 +147,7 @@ impl OnnxFile<'_> {
             mut proto,
             deferred,
             file,
+            display,
         } = self;
         let graph = proto.graph.as_mut().context("the model has no graph")?;
         let mut on_disk = Vec::with_capacity(deferred.len());
@@ -156,7 +160,12 @@ impl OnnxFile<'_> {
             on_disk.push((tensor, range));
         }
         on_disk.reverse();
-        let weights = read_weights(file, &on_disk)?;
+        let weights = read_weights(file, &on_disk).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => anyhow!(
+                "{display} became shorter while it was read: let whatever writes it finish, then run again"
+            ),
+            _ => anyhow!("cannot read graph {display}: {e}"),
+        })?;
         let mut model = tract_onnx::onnx().model_for_proto_model(&proto)?;
         drop(proto);
         for ((proto, _), weight) in on_disk.iter().zip(weights) {
@@ -213,7 +222,10 @@ fn make_constant(model: &mut InferenceModel, name: &str, weight: Tensor) -> Resu
 
 /// Reads each deferred initializer into a tensor of its shape, the later half of the bytes
 /// on a second thread when there are enough of them and a second core to read them.
-fn read_weights(file: &File, on_disk: &[(TensorProto, Range<u64>)]) -> Result<Vec<Tensor>> {
+fn read_weights(
+    file: &File,
+    on_disk: &[(TensorProto, Range<u64>)],
+) -> std::io::Result<Vec<Tensor>> {
     let total: u64 = on_disk.iter().map(|(_, r)| r.end - r.start).sum();
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     if total <= SPLIT_ABOVE || !two_cores {
@@ -240,15 +252,24 @@ fn read_weights(file: &File, on_disk: &[(TensorProto, Range<u64>)]) -> Result<Ve
 }
 
 /// Reads deferred float initializers into tensors of their shapes.
-fn read_tensors(file: &File, on_disk: &[(TensorProto, Range<u64>)]) -> Result<Vec<Tensor>> {
+fn read_tensors(
+    file: &File,
+    on_disk: &[(TensorProto, Range<u64>)],
+) -> std::io::Result<Vec<Tensor>> {
     on_disk
         .iter()
         .map(|(proto, range)| {
             let shape = proto.dims.iter().map(|&d| d as usize).collect::<Vec<_>>();
-            let mut tensor = Tensor::zero::<f32>(&shape)?;
-            // `check_model` matched the data's length to the shape.
-            ensure!(tensor.as_bytes().len() as u64 == range.end - range.start);
-            read_exact_at(file, tensor.as_bytes_mut(), range.start)?;
+            let mut tensor = Tensor::zero::<f32>(&shape).map_err(std::io::Error::other)?;
+            // `check_model` matched the data's length to the shape; this keeps a mismatch
+            // an error rather than a short or overlong read.
+            let bytes = tensor.as_bytes_mut();
+            if bytes.len() as u64 != range.end - range.start {
+                return Err(std::io::Error::other(
+                    "an initializer's data does not fit its shape",
+                ));
+            }
+            read_exact_at(file, bytes, range.start)?;
             Ok(tensor)
         })
         .collect()
@@ -576,5 +597,18 @@ mod tests {
         let expected = decoded.run(input.clone()).unwrap();
         assert_eq!(from_file.run(input).unwrap(), expected);
         assert_eq!(expected.len(), 1024);
+    }
+
+    #[test]
+    fn a_file_cut_short_after_its_structure_was_read_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, DEFAULT_MODEL).unwrap();
+        let file = File::open(&path).unwrap();
+        let read = read(&file, DEFAULT_MODEL.len() as u64, "model.onnx").unwrap();
+        let cut = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        cut.set_len(DEFAULT_MODEL.len() as u64 / 2).unwrap();
+        let error = read.into_tract().unwrap_err().to_string();
+        assert!(error.starts_with("model.onnx became shorter while it was read"), "{error}");
     }
 }
