@@ -1,17 +1,28 @@
-//! Times each phase of turning an ONNX graph into a runnable plan, the way `flowers label`
-//! and `retrain` do it (`flowers::backbone::Plan::new`), then two inferences:
+//! Times each phase of turning an ONNX graph file into a runnable plan, the way `flowers
+//! label` does it (`flowers::backbone::onnx_file`: the structure walked and decoded, the
+//! weights read straight into tract's tensors), then two inferences:
 //!
 //!     cargo run --release --example plan_phases [GRAPH.onnx]
 //!
-//! GRAPH defaults to the embedded backbone; pass a retrained graph to see `label`'s start-up.
-//! The binary also tunes glibc's malloc (`keep_freed_memory` in util/allocator.rs); this
-//! example does not, so its phases run somewhat slower than the binary's.
+//! GRAPH defaults to the embedded backbone (written to a temporary file first); pass a
+//! retrained graph to see `label`'s start-up. The digest check that `label` runs beside
+//! these phases on a second thread is timed last, alone.
+use std::fs::File;
 use std::time::Instant;
 
-use prost::Message;
 use tract_onnx::prelude::*;
 
 fn main() -> TractResult<()> {
+    flowers::util::allocator::keep_freed_memory();
+    let scratch = tempfile::tempdir()?;
+    let path = match std::env::args().nth(1) {
+        Some(path) => path.into(),
+        None => {
+            let path = scratch.path().join("embedded.onnx");
+            std::fs::write(&path, flowers::backbone::DEFAULT_MODEL)?;
+            path
+        }
+    };
     let start = Instant::now();
     let mut last = 0.0;
     let mut lap = |what: &str| {
@@ -19,19 +30,12 @@ fn main() -> TractResult<()> {
         println!("{what:>24} {:7.1} ms", now - last);
         last = now;
     };
-    let bytes = match std::env::args().nth(1) {
-        Some(path) => std::fs::read(path)?,
-        None => flowers::backbone::DEFAULT_MODEL.to_vec(),
-    };
-    lap("read");
-    // What `label` checks before decoding a graph flowers wrote (one sha256 pass).
-    flowers::graph::digest::verify(&bytes, "graph")?;
-    lap("digest verify");
-    let proto = tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(bytes))?;
-    lap("protobuf decode");
-    let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
-    drop(proto);
-    lap("tract model from proto");
+    let file = File::open(&path)?;
+    let size = file.metadata()?.len();
+    let read = flowers::backbone::onnx_file::read(&file, size, "graph")?;
+    lap("walk + decode + checks");
+    let model = read.into_tract()?;
+    lap("weights + tract model");
     let mut model = model
         .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())?
         .into_typed()?;
@@ -47,5 +51,7 @@ fn main() -> TractResult<()> {
     lap("first inference");
     plan.run(tvec!(input.into()))?;
     lap("second inference");
+    flowers::graph::digest::verify_file(&file, size, "graph")?;
+    lap("digest verify (alone)");
     Ok(())
 }
