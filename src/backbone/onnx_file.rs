@@ -83,6 +83,9 @@ fn read_deferring<'f>(
     let parts = Walk::new(file, size).model().map_err(|e| match e {
         WalkError::Io(e) => anyhow!("cannot read graph {display}: {e}"),
         WalkError::Malformed => not_onnx(),
+        WalkError::TooManyInitializers => {
+            anyhow!("{display} is refused: it has more than {MAX_INITIALIZERS} initializers")
+        }
     })?;
     let head = parts.head();
     check_shallow(&head, display)?;
@@ -314,6 +317,7 @@ enum WalkError {
     Io(std::io::Error),
     /// Not protobuf: a length past its message's end, a bad key or wire type.
     Malformed,
+    TooManyInitializers,
 }
 
 impl From<std::io::Error> for WalkError {
@@ -365,7 +369,7 @@ impl<'f> Walk<'f> {
         while let Some((field, wire)) = self.key(end)? {
             if field == GRAPH_INITIALIZER && wire == WireType::LengthDelimited {
                 if parts.initializers.len() == MAX_INITIALIZERS {
-                    return Err(WalkError::Malformed);
+                    return Err(WalkError::TooManyInitializers);
                 }
                 let tensor_end = self.length(end)?;
                 parts.initializers.push(self.tensor(tensor_end)?);
@@ -609,6 +613,29 @@ mod tests {
         let cut = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         cut.set_len(DEFAULT_MODEL.len() as u64 / 2).unwrap();
         let error = read.into_tract().unwrap_err().to_string();
-        assert!(error.starts_with("model.onnx became shorter while it was read"), "{error}");
+        assert!(
+            error.starts_with("model.onnx became shorter while it was read"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_graph_of_more_initializers_than_the_limit_is_refused_before_they_are_decoded() {
+        let mut bytes = Vec::new();
+        let mut graph = Vec::new();
+        let empty = TensorProto::default().encode_to_vec();
+        for _ in 0..=MAX_INITIALIZERS {
+            encode_key(GRAPH_INITIALIZER, WireType::LengthDelimited, &mut graph);
+            encode_varint(empty.len() as u64, &mut graph);
+        }
+        encode_key(MODEL_GRAPH, WireType::LengthDelimited, &mut bytes);
+        encode_varint(graph.len() as u64, &mut bytes);
+        bytes.extend(graph);
+        let (_dir, file) = on_disk(&bytes);
+        let error = read(&file, bytes.len() as u64, "many.onnx").err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            format!("many.onnx is refused: it has more than {MAX_INITIALIZERS} initializers")
+        );
     }
 }
